@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rillstream/rill/config"
+	"github.com/rillstream/rill/snapshotter"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+)
+
+// gracePeriod bounds how long shutdown waits for in-flight calls before cutting them off.
+const gracePeriod = 30 * time.Second
+
+// serve runs the daemon until ctx is cancelled (a signal), then shuts down in order: stop
+// accepting, finish in-flight calls, close the metadata store.
+func serve(ctx context.Context, cfg config.Config) error {
+	log := logrus.WithFields(logrus.Fields{"root": cfg.Root, "address": cfg.Address})
+
+	sn, err := snapshotter.NewSnapshotter(ctx, cfg.Root,
+		snapshotter.WithAsyncRemove(cfg.Snapshotter.AsyncRemove),
+		snapshotter.WithMountOptions(cfg.Snapshotter.MountOptions),
+	)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := sn.Close(); err != nil {
+			log.WithError(err).Error("closing the snapshotter")
+		}
+	}()
+	// Directories left by a crash between Remove and Cleanup go now, not at the next GC.
+	if err := sn.Cleanup(ctx); err != nil {
+		log.WithError(err).Warn("startup cleanup incomplete")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newGRPCMetrics(reg, version)
+
+	lis, err := listenUnix(ctx, cfg.Address)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(m.unary),
+		grpc.ChainStreamInterceptor(m.stream),
+	)
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+
+	var metricsSrv *http.Server
+	if cfg.Metrics.Address != "" {
+		metricsSrv, err = serveMetrics(cfg.Metrics.Address, reg)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		log.WithField("metrics", cfg.Metrics.Address).Info("serving metrics")
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.WithField("version", version).Info("rill-snapshotter ready")
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.WithError(err).Warn("cannot notify systemd")
+	}
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("grpc server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing in-flight calls")
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(gracePeriod):
+		log.WithField("grace", gracePeriod).Warn("in-flight calls did not finish in time; cutting them off")
+		srv.Stop()
+		<-stopped
+	}
+	if metricsSrv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := metricsSrv.Shutdown(shutdownCtx); err != nil {
+			log.WithError(err).Warn("metrics server shutdown")
+		}
+	}
+	log.Info("rill-snapshotter stopped")
+	return nil
+}
+
+func serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logrus.WithError(err).Error("metrics server stopped")
+		}
+	}()
+	return srv, nil
+}

@@ -1,0 +1,167 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Defaults of the daemon; every one of them can be changed in the config file.
+const (
+	DefaultPath      = "/etc/rill/config.toml"
+	DefaultRoot      = "/var/lib/rill"
+	DefaultAddress   = "/run/rill/rill.sock"
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "text"
+)
+
+// Config is the whole configuration of rill-snapshotter.
+type Config struct {
+	// Root is the state directory: snapshot metadata and layer directories.
+	Root string `toml:"root"`
+	// Address is the unix socket the snapshots gRPC API is served on.
+	Address string `toml:"address"`
+
+	Log         Log         `toml:"log"`
+	Metrics     Metrics     `toml:"metrics"`
+	Snapshotter Snapshotter `toml:"snapshotter"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is one of trace, debug, info, warn, error.
+	Level string `toml:"level"`
+	// Format is text or json.
+	Format string `toml:"format"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address is the host:port that serves /metrics; empty turns the endpoint off.
+	Address string `toml:"address"`
+}
+
+// Snapshotter configures the overlay snapshotter that serves every layer.
+type Snapshotter struct {
+	// AsyncRemove defers the removal of snapshot directories to Cleanup, which containerd's
+	// garbage collector calls; Remove then only updates metadata and returns quickly.
+	AsyncRemove bool `toml:"async_remove"`
+	// MountOptions are extra overlayfs mount options added to every overlay mount.
+	MountOptions []string `toml:"mount_options"`
+}
+
+// Default returns the configuration used when no file is present.
+func Default() Config {
+	return Config{
+		Root:    DefaultRoot,
+		Address: DefaultAddress,
+		Log: Log{
+			Level:  DefaultLogLevel,
+			Format: DefaultLogFormat,
+		},
+		Snapshotter: Snapshotter{
+			AsyncRemove: true,
+		},
+	}
+}
+
+// Load reads the file at path over the defaults and validates the result. A missing file is
+// an error unless allowMissing is set (the daemon allows it for the default path only, so a
+// node without a config file runs on defaults, while a mistyped --config fails).
+func Load(path string, allowMissing bool) (Config, error) {
+	cfg := Default()
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && allowMissing:
+		return cfg, cfg.Validate()
+	case err != nil:
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if err := decode(data, &cfg); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML text over the defaults and validates the result.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	if err := decode(data, &cfg); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+func decode(data []byte, cfg *Config) error {
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(cfg)
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		keys := make([]string, 0, len(strict.Errors))
+		for _, e := range strict.Errors {
+			keys = append(keys, strings.Join(e.Key(), "."))
+		}
+		return fmt.Errorf("unknown key %s (see script/config.toml for every key)", strings.Join(keys, ", "))
+	}
+	var decodeErr *toml.DecodeError
+	if errors.As(err, &decodeErr) {
+		row, col := decodeErr.Position()
+		key := strings.Join(decodeErr.Key(), ".")
+		if key != "" {
+			return fmt.Errorf("line %d, column %d, key %s: %s", row, col, key, decodeErr.Error())
+		}
+		return fmt.Errorf("line %d, column %d: %s", row, col, decodeErr.Error())
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+var (
+	logLevels  = []string{"trace", "debug", "info", "warn", "warning", "error", "fatal", "panic"}
+	logFormats = []string{"text", "json"}
+)
+
+// Validate checks every value and names the key of the first invalid one.
+func (c Config) Validate() error {
+	if c.Root == "" || !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("root: must be an absolute directory path, got %q", c.Root)
+	}
+	if c.Address == "" || !filepath.IsAbs(c.Address) {
+		return fmt.Errorf("address: must be an absolute unix socket path, got %q", c.Address)
+	}
+	if !slices.Contains(logLevels, c.Log.Level) {
+		return fmt.Errorf("log.level: %q is not one of %s", c.Log.Level, strings.Join(logLevels, ", "))
+	}
+	if !slices.Contains(logFormats, c.Log.Format) {
+		return fmt.Errorf("log.format: %q is not one of %s", c.Log.Format, strings.Join(logFormats, ", "))
+	}
+	if c.Metrics.Address != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Address); err != nil {
+			return fmt.Errorf("metrics.address: %q is not host:port: %w", c.Metrics.Address, err)
+		}
+	}
+	for _, o := range c.Snapshotter.MountOptions {
+		name, _, _ := strings.Cut(o, "=")
+		switch name {
+		case "lowerdir", "upperdir", "workdir":
+			return fmt.Errorf("snapshotter.mount_options: %q is set by the snapshotter itself", o)
+		case "":
+			return fmt.Errorf("snapshotter.mount_options: empty option")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The documented example shows every key with its default: parsing it gives the defaults,
+// and every field of Config appears in it.
+func TestDocumentedExampleIsTheDefaults(t *testing.T) {
+	data, err := os.ReadFile("../script/config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(data)
+	if err != nil {
+		t.Fatalf("script/config.toml does not parse: %v", err)
+	}
+	want := Default()
+	want.Snapshotter.MountOptions = []string{}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("script/config.toml differs from Default():\n got %+v\nwant %+v", got, want)
+	}
+	for _, key := range tomlKeys(reflect.TypeOf(Config{}), "") {
+		leaf := key[strings.LastIndex(key, ".")+1:]
+		if !strings.Contains(string(data), "\n"+leaf+" = ") {
+			t.Errorf("key %s is not documented in script/config.toml", key)
+		}
+	}
+}
+
+func tomlKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := prefix + f.Tag.Get("toml")
+		if f.Type.Kind() == reflect.Struct {
+			keys = append(keys, tomlKeys(f.Type, name+".")...)
+			continue
+		}
+		keys = append(keys, name)
+	}
+	return keys
+}
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		name    string
+		text    string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "empty file is the defaults", text: "", check: func(t *testing.T, c Config) {
+			if !reflect.DeepEqual(c, Default()) {
+				t.Fatalf("got %+v", c)
+			}
+		}},
+		{name: "values override defaults", text: "root = \"/srv/rill\"\n[log]\nlevel = \"debug\"\n[snapshotter]\nasync_remove = false\nmount_options = [\"volatile\"]\n", check: func(t *testing.T, c Config) {
+			if c.Root != "/srv/rill" || c.Log.Level != "debug" || c.Snapshotter.AsyncRemove || c.Snapshotter.MountOptions[0] != "volatile" {
+				t.Fatalf("got %+v", c)
+			}
+			if c.Address != DefaultAddress || c.Log.Format != "text" {
+				t.Fatalf("unset keys lost their defaults: %+v", c)
+			}
+		}},
+		{name: "unknown top-level key", text: "roots = \"/x\"\n", wantErr: "unknown key roots"},
+		{name: "unknown nested key", text: "[metrics]\nadress = \"x\"\n", wantErr: "unknown key metrics.adress"},
+		{name: "unknown table", text: "[streaming]\nplatforms = []\n", wantErr: "streaming"},
+		{name: "wrong type", text: "[snapshotter]\nasync_remove = 1\n", wantErr: "snapshotter.async_remove"},
+		{name: "syntax error", text: "root = \n", wantErr: "line 1"},
+		{name: "empty root", text: "root = \"\"\n", wantErr: "root: must be an absolute"},
+		{name: "relative root", text: "root = \"var/lib/rill\"\n", wantErr: "root: must be an absolute"},
+		{name: "relative address", text: "address = \"rill.sock\"\n", wantErr: "address: must be an absolute"},
+		{name: "bad log level", text: "[log]\nlevel = \"verbose\"\n", wantErr: "log.level"},
+		{name: "bad log format", text: "[log]\nformat = \"xml\"\n", wantErr: "log.format"},
+		{name: "bad metrics address", text: "[metrics]\naddress = \"9099\"\n", wantErr: "metrics.address"},
+		{name: "mount option owned by the snapshotter", text: "[snapshotter]\nmount_options = [\"upperdir=/x\"]\n", wantErr: "snapshotter.mount_options"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(c.text))
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.check(t, cfg)
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "absent.toml")
+	if cfg, err := Load(missing, true); err != nil || !reflect.DeepEqual(cfg, Default()) {
+		t.Fatalf("missing default file: %+v, %v", cfg, err)
+	}
+	if _, err := Load(missing, false); err == nil || !strings.Contains(err.Error(), "absent.toml") {
+		t.Fatalf("missing named file: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[log]\nlevel = \"loud\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(bad, true); err == nil || !strings.Contains(err.Error(), "bad.toml") || !strings.Contains(err.Error(), "log.level") {
+		t.Fatalf("invalid file: error %v should name the file and the key", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("root = \"/var/lib/rill\"\n[log]\nlevel = \"info\"\n"))
+	f.Add([]byte("[snapshotter]\nmount_options = [\"a\", \"b=c\"]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(data)
+		if err == nil {
+			if verr := cfg.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a config that does not validate: %v", verr)
+			}
+		}
+	})
+}
