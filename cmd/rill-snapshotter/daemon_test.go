@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestMain(m *testing.M) {
 type daemonProc struct {
 	cmd     *exec.Cmd
 	address string
-	logs    *bytes.Buffer
+	logs    *syncBuffer
 	exited  chan struct{}
 	err     error
 }
@@ -71,7 +72,7 @@ func startDaemon(t testing.TB, address string, args ...string) *daemonProc {
 }
 
 func launch(address string, args ...string) (*daemonProc, error) {
-	d := &daemonProc{address: address, logs: &bytes.Buffer{}, exited: make(chan struct{})}
+	d := &daemonProc{address: address, logs: &syncBuffer{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(daemonBinary, append([]string{"--config", emptyConfig, "--address", address}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -171,4 +172,22 @@ func requireRoot(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Fatal("these tests mount overlayfs and must run as root (make test runs them as root)")
 	}
+}
+
+// syncBuffer collects a process's output while tests read it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
