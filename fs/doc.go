@@ -1,0 +1,22 @@
+// Package fs serves a streamed layer: a go-fuse v2 filesystem over the TOC of an eStargz
+// layer blob, whose file data is fetched on demand, verified against the chunk digests in the
+// TOC and only then returned.
+//
+// A layer goes through three steps:
+//
+//   - LoadTOC reads the footer and the TOC from the blob (two range reads), checks the TOC
+//     against the digest recorded in the image (the TOC is the root of trust for every byte
+//     served) and enforces size limits;
+//   - NewIndex validates the TOC as hostile input — paths that escape or repeat, entries that
+//     conflict, chunks that do not tile their file or point outside the blob — and turns it
+//     into the tree overlayfs expects of a lower layer: directories the layer only implies
+//     are created, whiteouts become 0/0 character devices and opaque markers the
+//     trusted.overlay.opaque xattr, eStargz bookkeeping entries are hidden;
+//   - Mount serves the index through FUSE. The layer is immutable, so the kernel may cache
+//     entries, attributes, negative lookups and pages for as long as it is mounted.
+//
+// Reads map to the file's chunks; a chunk is read from the blob (one range: its gzip
+// member), decompressed, and checked against its digest. A chunk that fails the check is
+// fetched once more; if it fails again the read gets EIO. Unverified bytes are never
+// returned.
+package fs

@@ -1,0 +1,475 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+)
+
+// Kind is the kind of a node in a layer's tree.
+type Kind uint8
+
+// The kinds of nodes. Whiteout is an overlayfs whiteout: a 0/0 character device.
+const (
+	KindDir Kind = iota + 1
+	KindReg
+	KindSymlink
+	KindChar
+	KindBlock
+	KindFifo
+	KindWhiteout
+)
+
+// Names with a meaning in a layer rather than in the container's tree.
+const (
+	whiteoutPrefix      = ".wh."
+	whiteoutOpaque      = ".wh..wh..opq"
+	whiteoutMetaPrefix  = ".wh..wh."
+	opaqueXattr         = "trusted.overlay.opaque"
+	maxNameLength       = 255
+	maxPathLength       = 4096
+	maxXattrValueLength = 64 << 10
+)
+
+// Chunk is one piece of a regular file, stored in the blob as its own gzip member.
+type Chunk struct {
+	// Offset and Size locate the chunk in the file.
+	Offset, Size int64
+	// BlobOffset is where the chunk's gzip member starts in the blob; BlobEnd where the next
+	// recorded member starts (the chunk's compressed bytes lie in between).
+	BlobOffset, BlobEnd int64
+	// Digest is the digest of the chunk's uncompressed bytes.
+	Digest digest.Digest
+}
+
+// Node is a file, directory, link or device of a layer.
+type Node struct {
+	Kind     Kind
+	Mode     uint32 // permission and special bits (setuid, setgid, sticky)
+	UID, GID uint32
+	Size     int64
+	ModTime  time.Time
+	Link     string // symlink target
+	Major    uint32
+	Minor    uint32
+	Xattrs   map[string][]byte
+	Chunks   []Chunk // regular files
+
+	// Nlink counts the names of a regular file (hardlinks share one Node).
+	Nlink uint32
+	// Children of a directory, by name; Names in sorted order.
+	Children map[string]*Node
+	Names    []string
+	// Implied is set for directories the layer does not list but whose entries need them.
+	Implied bool
+}
+
+// Index is a layer's validated tree.
+type Index struct {
+	Root *Node
+	// Files counts regular files (a hardlinked file once); Bytes their sizes.
+	Files int
+	Bytes int64
+}
+
+// hidden are eStargz bookkeeping entries that are not part of the layer's content.
+var hidden = map[string]bool{
+	estargz.PrefetchLandmark:   true,
+	estargz.NoPrefetchLandmark: true,
+	estargz.TOCTarName:         true,
+}
+
+// NewIndex validates a TOC and builds the layer's tree. Any violation is an ErrInvalidTOC: the
+// layer is not streamed.
+func NewIndex(toc *TOC) (*Index, error) {
+	b := &indexBuilder{
+		toc:   toc,
+		idx:   &Index{Root: newDir(true)},
+		nodes: map[string]*Node{},
+		kinds: map[string]string{},
+	}
+	b.nodes[""] = b.idx.Root
+	if err := b.build(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
+	}
+	return b.idx, nil
+}
+
+type indexBuilder struct {
+	toc *TOC
+	idx *Index
+	// nodes by cleaned path; kinds records the TOC type of each listed path, to reject
+	// duplicates and conflicts.
+	nodes map[string]*Node
+	kinds map[string]string
+	// offsets of every gzip member recorded in the TOC, to find where each chunk ends.
+	offsets []int64
+	chunked []*Node
+}
+
+func newDir(implied bool) *Node {
+	return &Node{Kind: KindDir, Mode: 0o755, Children: map[string]*Node{}, Nlink: 2, Implied: implied}
+}
+
+func (b *indexBuilder) build() error {
+	var lastFile *Node
+	var lastFileName string
+	for i, e := range b.toc.JTOC.Entries {
+		if e == nil {
+			return fmt.Errorf("entry %d is null", i)
+		}
+		if e.Type == "chunk" {
+			if err := b.addChunk(e, lastFile, lastFileName); err != nil {
+				return err
+			}
+			continue
+		}
+		name, err := cleanName(e.Name)
+		if err != nil {
+			return fmt.Errorf("entry %d: %v", i, err)
+		}
+		if name == "" {
+			if e.Type != "dir" {
+				return fmt.Errorf("entry %d: the root is a %s, not a directory", i, e.Type)
+			}
+			applyMeta(b.idx.Root, e)
+			b.idx.Root.Implied = false
+			continue
+		}
+		if prev, dup := b.kinds[name]; dup {
+			return fmt.Errorf("%s: listed twice (%s, then %s)", name, prev, e.Type)
+		}
+		b.kinds[name] = e.Type
+		lastFile, lastFileName = nil, ""
+		n, err := b.add(name, e)
+		if err != nil {
+			return fmt.Errorf("%s: %v", name, err)
+		}
+		if n != nil && n.Kind == KindReg && e.Type == "reg" {
+			lastFile, lastFileName = n, name
+		}
+	}
+	return b.finish()
+}
+
+// cleanName turns a TOC name into a path relative to the layer root, or explains why it is
+// not one.
+func cleanName(name string) (string, error) {
+	if len(name) > maxPathLength {
+		return "", fmt.Errorf("name of %d bytes is longer than %d", len(name), maxPathLength)
+	}
+	if strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("name %q contains NUL", name)
+	}
+	trimmed := strings.TrimPrefix(name, "./")
+	trimmed = strings.TrimSuffix(trimmed, "/")
+	if trimmed == "." || trimmed == "" {
+		return "", nil
+	}
+	if strings.HasPrefix(trimmed, "/") {
+		return "", fmt.Errorf("name %q is absolute", name)
+	}
+	for _, c := range strings.Split(trimmed, "/") {
+		switch {
+		case c == "" || c == ".":
+			return "", fmt.Errorf("name %q has an empty or '.' component", name)
+		case c == "..":
+			return "", fmt.Errorf("name %q escapes the layer with '..'", name)
+		case len(c) > maxNameLength:
+			return "", fmt.Errorf("name %q has a component longer than %d bytes", name, maxNameLength)
+		}
+	}
+	return trimmed, nil
+}
+
+// parent returns the directory node for dir, creating implied directories on the way.
+func (b *indexBuilder) parent(dir string) (*Node, error) {
+	if n, ok := b.nodes[dir]; ok {
+		if n.Kind != KindDir {
+			return nil, fmt.Errorf("parent %s is not a directory", dir)
+		}
+		return n, nil
+	}
+	grand, err := b.parent(parentOf(dir))
+	if err != nil {
+		return nil, err
+	}
+	n := newDir(true)
+	n.ModTime = time.Unix(0, 0)
+	b.link(grand, path.Base(dir), n)
+	b.nodes[dir] = n
+	return n, nil
+}
+
+func parentOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}
+
+func (b *indexBuilder) link(dir *Node, name string, n *Node) {
+	dir.Children[name] = n
+	if n.Kind == KindDir {
+		dir.Nlink++
+	}
+}
+
+func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
+	dir, err := b.parent(parentOf(name))
+	if err != nil {
+		return nil, err
+	}
+	base := path.Base(name)
+
+	if hidden[name] {
+		return nil, nil
+	}
+	if base == whiteoutOpaque {
+		if e.Type != "reg" {
+			return nil, fmt.Errorf("opaque marker is a %s", e.Type)
+		}
+		if dir.Xattrs == nil {
+			dir.Xattrs = map[string][]byte{}
+		}
+		dir.Xattrs[opaqueXattr] = []byte("y")
+		return nil, nil
+	}
+	if strings.HasPrefix(base, whiteoutMetaPrefix) {
+		return nil, nil // aufs bookkeeping (.wh..wh.plnk, ...): not content
+	}
+	if target, ok := strings.CutPrefix(base, whiteoutPrefix); ok {
+		if target == "" || target == "." || target == ".." {
+			return nil, fmt.Errorf("whiteout of %q", target)
+		}
+		return b.place(dir, parentOf(name), target, &Node{Kind: KindWhiteout, UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1})
+	}
+
+	if existing, ok := b.nodes[name]; ok {
+		// A directory created as implied by an earlier entry, now listed itself.
+		if e.Type != "dir" || !existing.Implied {
+			return nil, fmt.Errorf("conflicts with an earlier entry")
+		}
+		applyMeta(existing, e)
+		existing.Implied = false
+		return existing, nil
+	}
+
+	var n *Node
+	switch e.Type {
+	case "dir":
+		n = newDir(false)
+	case "reg":
+		if e.Size < 0 {
+			return nil, fmt.Errorf("negative size %d", e.Size)
+		}
+		n = &Node{Kind: KindReg, Size: e.Size, Nlink: 1}
+		if e.Size > 0 {
+			c, err := b.chunk(e, 0, e.Size)
+			if err != nil {
+				return nil, err
+			}
+			n.Chunks = []Chunk{c}
+			b.chunked = append(b.chunked, n)
+		}
+		b.idx.Files++
+		b.idx.Bytes += e.Size
+	case "hardlink":
+		target, err := cleanName(e.LinkName)
+		if err != nil || target == "" {
+			return nil, fmt.Errorf("hardlink target %q: invalid", e.LinkName)
+		}
+		t, ok := b.nodes[target]
+		if !ok || t.Kind != KindReg {
+			return nil, fmt.Errorf("hardlink to %q, which is not an earlier regular file", e.LinkName)
+		}
+		t.Nlink++
+		return b.place(dir, parentOf(name), base, t)
+	case "symlink":
+		if e.LinkName == "" || len(e.LinkName) > maxPathLength || strings.ContainsRune(e.LinkName, 0) {
+			return nil, fmt.Errorf("symlink target %q: invalid", e.LinkName)
+		}
+		n = &Node{Kind: KindSymlink, Link: e.LinkName, Size: int64(len(e.LinkName)), Nlink: 1}
+	case "char", "block":
+		if e.DevMajor < 0 || e.DevMinor < 0 || e.DevMajor > 0xfff || e.DevMinor > 0xfffff {
+			return nil, fmt.Errorf("device number %d:%d out of range", e.DevMajor, e.DevMinor)
+		}
+		n = &Node{Kind: KindChar, Major: uint32(e.DevMajor), Minor: uint32(e.DevMinor), Nlink: 1}
+		if e.Type == "block" {
+			n.Kind = KindBlock
+		}
+	case "fifo":
+		n = &Node{Kind: KindFifo, Nlink: 1}
+	default:
+		return nil, fmt.Errorf("unknown entry type %q", e.Type)
+	}
+	applyMeta(n, e)
+	return b.place(dir, parentOf(name), base, n)
+}
+
+// place puts n under dir as base, refusing to replace anything.
+func (b *indexBuilder) place(dir *Node, dirName, base string, n *Node) (*Node, error) {
+	if _, taken := dir.Children[base]; taken {
+		return nil, fmt.Errorf("%s already exists in %q", base, dirName)
+	}
+	full := base
+	if dirName != "" {
+		full = dirName + "/" + base
+	}
+	if _, taken := b.nodes[full]; taken {
+		return nil, fmt.Errorf("%s already exists", full)
+	}
+	b.link(dir, base, n)
+	b.nodes[full] = n
+	return n, nil
+}
+
+func applyMeta(n *Node, e *estargz.TOCEntry) {
+	n.Mode = uint32(e.Mode) & 0o7777
+	n.UID, n.GID = uint32(e.UID), uint32(e.GID)
+	if t, err := time.Parse(time.RFC3339, e.ModTime3339); err == nil {
+		n.ModTime = t
+	} else {
+		n.ModTime = time.Unix(0, 0)
+	}
+	for k, v := range e.Xattrs {
+		if n.Xattrs == nil {
+			n.Xattrs = map[string][]byte{}
+		}
+		n.Xattrs[k] = v
+	}
+}
+
+func (b *indexBuilder) chunk(e *estargz.TOCEntry, fileOffset, fileSize int64) (Chunk, error) {
+	size := e.ChunkSize
+	if size == 0 {
+		size = fileSize - fileOffset // the last chunk leaves its size out: it ends the file
+	}
+	if e.InnerOffset != 0 {
+		return Chunk{}, fmt.Errorf("chunks grouped into shared gzip members (innerOffset) are not supported")
+	}
+	if e.Offset <= 0 || e.Offset >= b.toc.Offset {
+		return Chunk{}, fmt.Errorf("chunk at %d: blob offset %d outside the data (%d bytes)", fileOffset, e.Offset, b.toc.Offset)
+	}
+	if size <= 0 {
+		return Chunk{}, fmt.Errorf("chunk at %d has size %d", fileOffset, size)
+	}
+	d, err := digest.Parse(e.ChunkDigest)
+	if err != nil {
+		return Chunk{}, fmt.Errorf("chunk at %d: digest %q: %v", fileOffset, e.ChunkDigest, err)
+	}
+	b.offsets = append(b.offsets, e.Offset)
+	return Chunk{Offset: fileOffset, Size: size, BlobOffset: e.Offset, Digest: d}, nil
+}
+
+func (b *indexBuilder) addChunk(e *estargz.TOCEntry, file *Node, fileName string) error {
+	name, err := cleanName(e.Name)
+	if file == nil || err != nil || name != fileName {
+		return fmt.Errorf("chunk of %q does not follow its file", e.Name)
+	}
+	last := file.Chunks[len(file.Chunks)-1]
+	if e.ChunkOffset != last.Offset+last.Size {
+		return fmt.Errorf("%s: chunk at %d does not follow the chunk ending at %d", name, e.ChunkOffset, last.Offset+last.Size)
+	}
+	c, err := b.chunk(e, e.ChunkOffset, file.Size)
+	if err != nil {
+		return fmt.Errorf("%s: %v", name, err)
+	}
+	if c.BlobOffset <= last.BlobOffset {
+		return fmt.Errorf("%s: chunk at %d is stored before the previous chunk", name, e.ChunkOffset)
+	}
+	file.Chunks = append(file.Chunks, c)
+	return nil
+}
+
+// finish checks that chunks tile their files, computes where each chunk's compressed bytes
+// end, and sorts directory listings.
+func (b *indexBuilder) finish() error {
+	sort.Slice(b.offsets, func(i, j int) bool { return b.offsets[i] < b.offsets[j] })
+	for i := 1; i < len(b.offsets); i++ {
+		if b.offsets[i] == b.offsets[i-1] {
+			return fmt.Errorf("two chunks stored at blob offset %d", b.offsets[i])
+		}
+	}
+	for _, n := range b.chunked {
+		last := n.Chunks[len(n.Chunks)-1]
+		if last.Offset+last.Size != n.Size {
+			return fmt.Errorf("chunks of a %d-byte file end at %d", n.Size, last.Offset+last.Size)
+		}
+		for i := range n.Chunks {
+			c := &n.Chunks[i]
+			j := sort.Search(len(b.offsets), func(k int) bool { return b.offsets[k] > c.BlobOffset })
+			c.BlobEnd = b.toc.Offset
+			if j < len(b.offsets) {
+				c.BlobEnd = b.offsets[j]
+			}
+		}
+	}
+	for _, n := range b.nodes {
+		if n.Kind != KindDir {
+			continue
+		}
+		n.Names = make([]string, 0, len(n.Children))
+		for name := range n.Children {
+			n.Names = append(n.Names, name)
+		}
+		sort.Strings(n.Names)
+	}
+	return nil
+}
+
+// FileMode returns the full mode (type and permission bits) of n as stat(2) reports it.
+func (n *Node) FileMode() uint32 {
+	perm := n.Mode
+	switch n.Kind {
+	case KindDir:
+		return syscall.S_IFDIR | perm
+	case KindReg:
+		return syscall.S_IFREG | perm
+	case KindSymlink:
+		return syscall.S_IFLNK | 0o777
+	case KindChar:
+		return syscall.S_IFCHR | perm
+	case KindBlock:
+		return syscall.S_IFBLK | perm
+	case KindFifo:
+		return syscall.S_IFIFO | perm
+	case KindWhiteout:
+		return syscall.S_IFCHR
+	}
+	return perm
+}
+
+// GoMode is FileMode as an os.FileMode, for tests and logs.
+func (n *Node) GoMode() os.FileMode {
+	m := os.FileMode(n.Mode & 0o777)
+	if n.Mode&0o4000 != 0 {
+		m |= os.ModeSetuid
+	}
+	if n.Mode&0o2000 != 0 {
+		m |= os.ModeSetgid
+	}
+	if n.Mode&0o1000 != 0 {
+		m |= os.ModeSticky
+	}
+	switch n.Kind {
+	case KindDir:
+		m |= os.ModeDir
+	case KindSymlink:
+		m = os.ModeSymlink | 0o777
+	case KindChar, KindWhiteout:
+		m |= os.ModeDevice | os.ModeCharDevice
+	case KindBlock:
+		m |= os.ModeDevice
+	case KindFifo:
+		m |= os.ModeNamedPipe
+	}
+	return m
+}

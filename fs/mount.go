@@ -1,0 +1,131 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+)
+
+// MountOptions configure a mounted layer. Zero values choose the defaults.
+type MountOptions struct {
+	// ReadTimeout bounds one FUSE read; past it the read gets EIO. Default 30 s.
+	ReadTimeout time.Duration
+	// Metrics receives the layer's counters; nil makes unregistered ones.
+	Metrics *Metrics
+	// Log is the logger, with the fields that identify the layer. Default the standard logger.
+	Log *logrus.Entry
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
+// is immutable for as long as it is mounted.
+const cacheForever = 365 * 24 * time.Hour
+
+// layerFS is what the nodes of one mounted layer share.
+type layerFS struct {
+	reader      *chunkReader
+	readTimeout time.Duration
+	metrics     *Metrics
+	log         *logrus.Entry
+}
+
+// Mounted is a layer served through FUSE.
+type Mounted struct {
+	server     *fuse.Server
+	mountpoint string
+}
+
+// Mount serves idx, whose file data is in blob, at mountpoint (an existing directory).
+func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt, opts MountOptions) (*Mounted, error) {
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 30 * time.Second
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	lfs := &layerFS{
+		reader:      &chunkReader{blob: blob, metrics: opts.Metrics},
+		readTimeout: opts.ReadTimeout,
+		metrics:     opts.Metrics,
+		log:         opts.Log.WithField("mountpoint", mountpoint),
+	}
+	root := &node{n: idx.Root, ino: 1, layer: lfs}
+	timeout := cacheForever
+	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:        "rill",
+			Name:          "rill",
+			AllowOther:    true, // containers run as any user
+			Debug:         opts.Debug,
+			DisableXAttrs: false,
+			// Let the kernel check permissions against the modes we report.
+			Options: []string{"ro", "default_permissions"},
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true,
+		OnAdd: func(ctx context.Context) {
+			buildTree(ctx, root, lfs)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+	}
+	return &Mounted{server: server, mountpoint: mountpoint}, nil
+}
+
+// buildTree creates the inodes of the whole tree once; hardlinked names share one inode.
+func buildTree(ctx context.Context, root *node, lfs *layerFS) {
+	inodes := map[*Node]*gofs.Inode{}
+	next := uint64(2)
+	var walk func(dir *gofs.Inode, n *Node)
+	walk = func(dir *gofs.Inode, n *Node) {
+		for _, name := range n.Names {
+			child := n.Children[name]
+			if in, ok := inodes[child]; ok {
+				dir.AddChild(name, in, false)
+				continue
+			}
+			ino := next
+			next++
+			var emb gofs.InodeEmbedder
+			switch child.Kind {
+			case KindReg:
+				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}}
+			case KindSymlink:
+				emb = &symlinkNode{node: node{n: child, ino: ino, layer: lfs}}
+			default:
+				emb = &node{n: child, ino: ino, layer: lfs}
+			}
+			in := dir.NewPersistentInode(ctx, emb, gofs.StableAttr{Mode: child.FileMode() & syscall.S_IFMT, Ino: ino})
+			inodes[child] = in
+			dir.AddChild(name, in, false)
+			if child.Kind == KindDir {
+				walk(in, child)
+			}
+		}
+	}
+	walk(&root.Inode, root.n)
+}
+
+// Unmount stops serving and detaches the mount.
+func (m *Mounted) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
+	}
+	return nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (m *Mounted) Wait() { m.server.Wait() }

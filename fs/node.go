@@ -1,0 +1,128 @@
+package fs
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+)
+
+// node is the FUSE side of every kind of Node: attributes and xattrs. Regular files and
+// symlinks add their own operations.
+type node struct {
+	gofs.Inode
+	n     *Node
+	ino   uint64
+	layer *layerFS
+}
+
+var (
+	_ gofs.NodeGetattrer   = (*node)(nil)
+	_ gofs.NodeGetxattrer  = (*node)(nil)
+	_ gofs.NodeListxattrer = (*node)(nil)
+)
+
+// fileNode is a regular file: reads go through the layer's chunk reader.
+type fileNode struct{ node }
+
+var (
+	_ gofs.NodeOpener = (*fileNode)(nil)
+	_ gofs.NodeReader = (*fileNode)(nil)
+)
+
+// symlinkNode is a symbolic link.
+type symlinkNode struct{ node }
+
+var _ gofs.NodeReadlinker = (*symlinkNode)(nil)
+
+func (nd *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fillAttr(nd.n, nd.ino, &out.Attr)
+	return gofs.OK
+}
+
+func fillAttr(n *Node, ino uint64, a *fuse.Attr) {
+	a.Ino = ino
+	a.Mode = n.FileMode()
+	a.Nlink = n.Nlink
+	a.Owner = fuse.Owner{Uid: n.UID, Gid: n.GID}
+	a.Size = uint64(n.Size)
+	a.Blksize = 4096
+	a.Blocks = (uint64(n.Size) + 511) / 512
+	mtime := n.ModTime
+	if mtime.IsZero() {
+		mtime = time.Unix(0, 0)
+	}
+	a.SetTimes(&mtime, &mtime, &mtime)
+	if n.Kind == KindChar || n.Kind == KindBlock {
+		a.Rdev = uint32(unixMkdev(n.Major, n.Minor))
+	}
+}
+
+// unixMkdev encodes a device number the way the kernel's new_encode_dev does (the
+// encoding FUSE attributes carry).
+func unixMkdev(major, minor uint32) uint32 {
+	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12
+}
+
+func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, ok := nd.n.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) == 0 {
+		return uint32(len(v)), gofs.OK
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), gofs.OK
+}
+
+func (nd *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names := make([]string, 0, len(nd.n.Xattrs))
+	for k := range nd.n.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte(0)
+	}
+	if len(dest) == 0 {
+		return uint32(b.Len()), gofs.OK
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), gofs.OK
+}
+
+func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// The layer never changes: let the kernel keep pages between opens.
+	return nil, fuse.FOPEN_KEEP_CACHE, gofs.OK
+}
+
+func (f *fileNode) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx, cancel := context.WithTimeout(ctx, f.layer.readTimeout)
+	defer cancel()
+	n, err := f.layer.reader.readFile(ctx, f.n, dest, off)
+	if err != nil {
+		f.layer.metrics.readErrors.Inc()
+		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), gofs.OK
+}
+
+func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(s.n.Link), gofs.OK
+}

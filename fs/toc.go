@@ -1,0 +1,142 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+)
+
+// Limits bound what a TOC may ask of the node. Zero values choose the defaults.
+type Limits struct {
+	// MaxTOCBytes bounds the TOC JSON, compressed and decompressed. Default 64 MiB.
+	MaxTOCBytes int64
+	// MaxEntries bounds the number of TOC entries (files and chunks). Default 4 Mi.
+	MaxEntries int
+}
+
+const (
+	defaultMaxTOCBytes = 64 << 20
+	defaultMaxEntries  = 4 << 20
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxTOCBytes <= 0 {
+		l.MaxTOCBytes = defaultMaxTOCBytes
+	}
+	if l.MaxEntries <= 0 {
+		l.MaxEntries = defaultMaxEntries
+	}
+	return l
+}
+
+// ErrInvalidTOC marks a layer whose TOC cannot be trusted or served; the layer is then pulled
+// in full instead.
+var ErrInvalidTOC = errors.New("invalid eStargz TOC")
+
+// TOC is a layer's verified table of contents.
+type TOC struct {
+	// JTOC is the decoded TOC; its entries are not validated yet (NewIndex does that).
+	JTOC *estargz.JTOC
+	// Offset is where the TOC's gzip member starts in the blob: the end of the file data.
+	Offset int64
+	// BlobSize is the size of the whole blob.
+	BlobSize int64
+}
+
+// LoadTOC reads the footer and TOC of an eStargz blob of size blobSize and checks the TOC
+// against want, the digest recorded in the image (annotation
+// containerd.io/snapshot/stargz/toc.digest).
+func LoadTOC(ctx context.Context, blob io.ReaderAt, blobSize int64, want digest.Digest, limits Limits) (*TOC, error) {
+	limits = limits.withDefaults()
+	if err := want.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: TOC digest %q: %v", ErrInvalidTOC, want, err)
+	}
+	gz := new(estargz.GzipDecompressor)
+	footerSize := gz.FooterSize()
+	if blobSize < footerSize {
+		return nil, fmt.Errorf("%w: blob of %d bytes is smaller than an eStargz footer", ErrInvalidTOC, blobSize)
+	}
+	footer := make([]byte, footerSize)
+	if _, err := readFull(ctx, blob, footer, blobSize-footerSize); err != nil {
+		return nil, fmt.Errorf("read footer: %w", err)
+	}
+	_, tocOffset, _, err := gz.ParseFooter(footer)
+	if err != nil {
+		return nil, fmt.Errorf("%w: footer: %v", ErrInvalidTOC, err)
+	}
+	tocEnd := blobSize - footerSize
+	if tocOffset < 0 || tocOffset >= tocEnd {
+		return nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
+	}
+	if tocEnd-tocOffset > limits.MaxTOCBytes {
+		return nil, fmt.Errorf("%w: TOC of %d bytes is larger than the limit of %d", ErrInvalidTOC, tocEnd-tocOffset, limits.MaxTOCBytes)
+	}
+	compressed := make([]byte, tocEnd-tocOffset)
+	if _, err := readFull(ctx, blob, compressed, tocOffset); err != nil {
+		return nil, fmt.Errorf("read TOC: %w", err)
+	}
+	tocJSON, err := decompressTOC(compressed, limits.MaxTOCBytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
+	}
+	if got := digest.FromBytes(tocJSON); got != want {
+		return nil, fmt.Errorf("%w: TOC digest is %s, the image records %s", ErrInvalidTOC, got, want)
+	}
+	var jtoc estargz.JTOC
+	if err := json.Unmarshal(tocJSON, &jtoc); err != nil {
+		return nil, fmt.Errorf("%w: decode TOC JSON: %v", ErrInvalidTOC, err)
+	}
+	if len(jtoc.Entries) > limits.MaxEntries {
+		return nil, fmt.Errorf("%w: %d TOC entries, more than the limit of %d", ErrInvalidTOC, len(jtoc.Entries), limits.MaxEntries)
+	}
+	return &TOC{JTOC: &jtoc, Offset: tocOffset, BlobSize: blobSize}, nil
+}
+
+// decompressTOC extracts the TOC JSON from its gzip member: a tar holding one file named
+// stargz.index.json.
+func decompressTOC(compressed []byte, limit int64) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("TOC gzip: %v", err)
+	}
+	defer zr.Close()
+	tr := tar.NewReader(io.LimitReader(zr, limit+4096))
+	h, err := tr.Next()
+	if err != nil {
+		return nil, fmt.Errorf("TOC tar: %v", err)
+	}
+	if h.Name != estargz.TOCTarName {
+		return nil, fmt.Errorf("TOC tar holds %q, not %s", h.Name, estargz.TOCTarName)
+	}
+	if h.Size > limit {
+		return nil, fmt.Errorf("TOC JSON of %d bytes is larger than the limit of %d", h.Size, limit)
+	}
+	data, err := io.ReadAll(tr)
+	if err != nil {
+		return nil, fmt.Errorf("TOC tar: %v", err)
+	}
+	return data, nil
+}
+
+// readFull reads len(p) bytes at off, or fails.
+func readFull(ctx context.Context, r io.ReaderAt, p []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return n, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
