@@ -371,7 +371,7 @@ func (b *indexBuilder) chunk(e *estargz.TOCEntry, fileOffset, fileSize int64) (C
 
 func (b *indexBuilder) addChunk(e *estargz.TOCEntry, file *Node, fileName string) error {
 	name, err := cleanName(e.Name)
-	if file == nil || err != nil || name != fileName {
+	if file == nil || err != nil || name != fileName || len(file.Chunks) == 0 {
 		return fmt.Errorf("chunk of %q does not follow its file", e.Name)
 	}
 	last := file.Chunks[len(file.Chunks)-1]

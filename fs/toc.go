@@ -126,12 +126,40 @@ func decompressTOC(compressed []byte, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// readFull reads len(p) bytes at off, or fails.
+// ContextReaderAt is a blob reader that honours a context (remote's blob reader does). Other
+// io.ReaderAt implementations are bounded by running the read aside and abandoning it when the
+// context ends.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// readFull reads len(p) bytes at off, or fails; it returns when ctx ends even if the reader
+// does not. p must not be reused after an error: an abandoned read may still write into it.
 func readFull(ctx context.Context, r io.ReaderAt, p []byte, off int64) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	n, err := r.ReadAt(p, off)
+	var n int
+	var err error
+	if cr, ok := r.(ContextReaderAt); ok {
+		n, err = cr.ReadAtContext(ctx, p, off)
+	} else {
+		type result struct {
+			n   int
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			n, err := r.ReadAt(p, off)
+			done <- result{n, err}
+		}()
+		select {
+		case res := <-done:
+			n, err = res.n, res.err
+		case <-ctx.Done():
+			return 0, fmt.Errorf("read %d bytes at %d: %w", len(p), off, ctx.Err())
+		}
+	}
 	if n == len(p) {
 		return n, nil
 	}

@@ -1,0 +1,207 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/internal/testlayer"
+)
+
+var chunkDigest = digest.FromString("chunk").String()
+
+func reg(name string, size, offset int64) *estargz.TOCEntry {
+	return &estargz.TOCEntry{Name: name, Type: "reg", Size: size, Offset: offset, ChunkSize: size, ChunkDigest: chunkDigest, Mode: 0o644}
+}
+
+func tocOf(entries ...*estargz.TOCEntry) *TOC {
+	return &TOC{JTOC: &estargz.JTOC{Version: 1, Entries: entries}, Offset: 10_000, BlobSize: 10_100}
+}
+
+// Hostile or broken TOCs are refused before anything is mounted.
+func TestNewIndexRejectsHostileTOCs(t *testing.T) {
+	cases := []struct {
+		name string
+		toc  *TOC
+		want string
+	}{
+		{"parent escape", tocOf(reg("../etc/passwd", 1, 100)), "escapes"},
+		{"escape in the middle", tocOf(reg("a/../../etc/shadow", 1, 100)), "escapes"},
+		{"dot component", tocOf(reg("a/./b", 1, 100)), "'.' component"},
+		{"empty component", tocOf(reg("a//b", 1, 100)), "empty"},
+		{"NUL in name", tocOf(reg("a\x00b", 1, 100)), "NUL"},
+		{"name too long", tocOf(reg(strings.Repeat("x", 256), 1, 100)), "longer"},
+		{"listed twice", tocOf(reg("a", 1, 100), reg("a", 1, 200)), "listed twice"},
+		{"file under a file", tocOf(reg("a", 1, 100), reg("a/b", 1, 200)), "not a directory"},
+		{"directory over a file", tocOf(reg("a", 1, 100), &estargz.TOCEntry{Name: "a/", Type: "dir"}), "listed twice"},
+		{"whiteout and its target", tocOf(reg("a", 1, 100), reg(".wh.a", 0, 0)), "already exists"},
+		{"unknown type", tocOf(&estargz.TOCEntry{Name: "x", Type: "socket"}), "unknown entry type"},
+		{"negative size", tocOf(&estargz.TOCEntry{Name: "x", Type: "reg", Size: -1}), "negative"},
+		{"data after the TOC", tocOf(reg("a", 1, 10_000)), "outside"},
+		{"data at offset 0", tocOf(reg("a", 1, 0)), "outside"},
+		{"bad chunk digest", tocOf(&estargz.TOCEntry{Name: "a", Type: "reg", Size: 1, Offset: 100, ChunkDigest: "md5:xyz"}), "digest"},
+		{"chunks that do not cover the file", tocOf(&estargz.TOCEntry{Name: "a", Type: "reg", Size: 100, Offset: 100, ChunkSize: 50, ChunkDigest: chunkDigest}), "end at 50"},
+		{"chunk with a gap", tocOf(
+			&estargz.TOCEntry{Name: "a", Type: "reg", Size: 100, Offset: 100, ChunkSize: 40, ChunkDigest: chunkDigest},
+			&estargz.TOCEntry{Name: "a", Type: "chunk", Offset: 200, ChunkOffset: 50, ChunkSize: 50, ChunkDigest: chunkDigest}), "does not follow"},
+		{"chunk of another file", tocOf(
+			&estargz.TOCEntry{Name: "a", Type: "reg", Size: 100, Offset: 100, ChunkSize: 50, ChunkDigest: chunkDigest},
+			&estargz.TOCEntry{Name: "b", Type: "chunk", Offset: 200, ChunkOffset: 50, ChunkSize: 50, ChunkDigest: chunkDigest}), "does not follow"},
+		{"chunk stored backwards", tocOf(
+			&estargz.TOCEntry{Name: "a", Type: "reg", Size: 100, Offset: 300, ChunkSize: 50, ChunkDigest: chunkDigest},
+			&estargz.TOCEntry{Name: "a", Type: "chunk", Offset: 200, ChunkOffset: 50, ChunkSize: 50, ChunkDigest: chunkDigest}), "before the previous"},
+		{"two chunks in one member", tocOf(reg("a", 1, 100), reg("b", 1, 100)), "two chunks"},
+		{"grouped chunks", tocOf(&estargz.TOCEntry{Name: "a", Type: "reg", Size: 1, Offset: 100, InnerOffset: 5, ChunkDigest: chunkDigest}), "innerOffset"},
+		{"hardlink to nothing", tocOf(&estargz.TOCEntry{Name: "a", Type: "hardlink", LinkName: "missing"}), "not an earlier regular file"},
+		{"hardlink escaping", tocOf(&estargz.TOCEntry{Name: "a", Type: "hardlink", LinkName: "../x"}), "invalid"},
+		{"hardlink to a directory", tocOf(&estargz.TOCEntry{Name: "d", Type: "dir"}, &estargz.TOCEntry{Name: "a", Type: "hardlink", LinkName: "d"}), "not an earlier regular file"},
+		{"empty symlink", tocOf(&estargz.TOCEntry{Name: "a", Type: "symlink"}), "symlink target"},
+		{"device number out of range", tocOf(&estargz.TOCEntry{Name: "a", Type: "char", DevMajor: 1 << 20}), "out of range"},
+		{"root is a file", tocOf(&estargz.TOCEntry{Name: "./", Type: "reg"}), "root"},
+		{"null entry", tocOf(nil), "null"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := NewIndex(c.toc)
+			if !errors.Is(err, ErrInvalidTOC) {
+				t.Fatalf("accepted (err %v)", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+}
+
+// estargz writers never produce absolute names; one in a TOC is refused, not reinterpreted.
+func TestNewIndexRefusesAbsoluteNames(t *testing.T) {
+	if _, err := NewIndex(tocOf(reg("/etc/passwd", 1, 100))); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Fatalf("absolute name: %v", err)
+	}
+}
+
+func TestNewIndexBuildsImpliedDirectoriesAndHidesBookkeeping(t *testing.T) {
+	idx, err := NewIndex(tocOf(
+		reg("usr/lib/x/libx.so", 10, 100),
+		&estargz.TOCEntry{Name: estargz.PrefetchLandmark, Type: "reg", Size: 1, Offset: 200, ChunkDigest: chunkDigest},
+		&estargz.TOCEntry{Name: "usr/", Type: "dir", Mode: 0o700, UID: 5},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	usr := idx.Root.Children["usr"]
+	if usr == nil || usr.Implied || usr.Mode != 0o700 || usr.UID != 5 {
+		t.Fatalf("usr listed after its children must take the listed metadata: %+v", usr)
+	}
+	if lib := usr.Children["lib"]; lib == nil || !lib.Implied || lib.Mode != 0o755 {
+		t.Fatalf("usr/lib must be implied 0755: %+v", lib)
+	}
+	if _, ok := idx.Root.Children[estargz.PrefetchLandmark]; ok {
+		t.Fatal("the prefetch landmark is visible")
+	}
+	if idx.Files != 1 || idx.Bytes != 10 {
+		t.Fatalf("files %d bytes %d", idx.Files, idx.Bytes)
+	}
+}
+
+func convertedBlob(t testing.TB, entries []testlayer.Entry) ([]byte, convert.Layer) {
+	t.Helper()
+	tarBytes, err := testlayer.Tar(entries, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blob bytes.Buffer
+	l, err := convert.ConvertLayer(context.Background(), bytes.NewReader(tarBytes), &blob, convert.LayerOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob.Bytes(), l
+}
+
+func TestLoadTOC(t *testing.T) {
+	blob, l := convertedBlob(t, testlayer.EveryKind())
+	ctx := context.Background()
+	load := func(b []byte, d digest.Digest, limits Limits) error {
+		_, err := LoadTOC(ctx, bytes.NewReader(b), int64(len(b)), d, limits)
+		return err
+	}
+	if err := load(blob, l.TOCDigest, Limits{}); err != nil {
+		t.Fatalf("valid layer: %v", err)
+	}
+	cases := []struct {
+		name   string
+		blob   []byte
+		digest digest.Digest
+		limits Limits
+		want   string
+	}{
+		{"TOC digest differs from the image's", blob, digest.FromString("other"), Limits{}, "the image records"},
+		{"no digest", blob, "", Limits{}, "TOC digest"},
+		{"TOC larger than the limit", blob, l.TOCDigest, Limits{MaxTOCBytes: 100}, "larger than the limit"},
+		{"too many entries", blob, l.TOCDigest, Limits{MaxEntries: 3}, "more than the limit"},
+		{"truncated blob", blob[:len(blob)-10], l.TOCDigest, Limits{}, ""},
+		{"tiny blob", blob[:20], l.TOCDigest, Limits{}, "smaller than"},
+		{"not eStargz", testlayer.Gzip([]byte(strings.Repeat("x", 1000))), l.TOCDigest, Limits{}, "footer"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := load(c.blob, c.digest, c.limits)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one saying %q", err, c.want)
+			}
+		})
+	}
+}
+
+// Whatever the TOC, NewIndex never panics, and what it accepts is a tree whose chunks lie
+// inside the blob's data.
+func FuzzNewIndex(f *testing.F) {
+	blob, l := convertedBlob(f, testlayer.EveryKind())
+	toc, err := LoadTOC(context.Background(), bytes.NewReader(blob), int64(len(blob)), l.TOCDigest, Limits{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	seed, _ := json.Marshal(toc.JTOC)
+	f.Add(seed, toc.Offset)
+	f.Add([]byte(`{"version":1,"entries":[{"name":"a/../b","type":"reg","size":1,"offset":5}]}`), int64(100))
+	f.Fuzz(func(t *testing.T, tocJSON []byte, tocOffset int64) {
+		var jtoc estargz.JTOC
+		if json.Unmarshal(tocJSON, &jtoc) != nil {
+			return
+		}
+		idx, err := NewIndex(&TOC{JTOC: &jtoc, Offset: tocOffset, BlobSize: tocOffset + 51})
+		if err != nil {
+			return
+		}
+		var walk func(n *Node)
+		walk = func(n *Node) {
+			for _, c := range n.Chunks {
+				if c.BlobOffset <= 0 || c.BlobEnd > tocOffset || c.BlobOffset >= c.BlobEnd || c.Size <= 0 {
+					t.Fatalf("accepted a chunk outside the data: %+v (data ends at %d)", c, tocOffset)
+				}
+			}
+			for _, name := range n.Names {
+				if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+					t.Fatalf("accepted the name %q", name)
+				}
+				walk(n.Children[name])
+			}
+		}
+		walk(idx.Root)
+	})
+}
+
+func mustDigest(t testing.TB, s string) digest.Digest {
+	t.Helper()
+	d, err := digest.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
