@@ -9,99 +9,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/internal/testlayer"
 )
 
-// entry is one member of a generated test layer.
-type entry struct {
-	hdr  tar.Header
-	body []byte
-}
-
-func randomBytes(seed uint64, n int) []byte {
-	var key [32]byte
-	key[0] = byte(seed)
-	key[1] = byte(seed >> 8)
-	b := make([]byte, n)
-	rand.NewChaCha8(key).Read(b)
+// tarOf is testlayer.Tar for tests.
+func tarOf(t testing.TB, entries []testlayer.Entry, padTo int) []byte {
+	t.Helper()
+	b, err := testlayer.Tar(entries, padTo)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
-var mtime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
-
-// everyKind is a layer with every kind of entry real layers hold, including layers that omit
-// parent directories, long and unicode names, xattrs, whiteouts and files spanning chunks.
-func everyKind() []entry {
-	reg := func(name string, body []byte, mode int64) entry {
-		return entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Size: int64(len(body)), Mode: mode, Uid: 1000, Gid: 1000, ModTime: mtime}, body: body}
-	}
-	dir := func(name string, mode int64) entry {
-		return entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: mtime}}
-	}
-	xattrFile := reg("etc/with-xattrs", []byte("xattrs\n"), 0o644)
-	xattrFile.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.rill": "streams", "SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
-	return []entry{
-		dir("etc/", 0o755),
-		reg("etc/hostname", []byte("rill\n"), 0o644),
-		reg("etc/empty", nil, 0o600),
-		xattrFile,
-		reg("usr/bin/no-parent-dirs", randomBytes(1, 3000), 0o755), // usr/ and usr/bin/ never appear
-		reg("usr/bin/setuid", []byte("#!/bin/sh\n"), 0o4755),
-		reg("big/exactly-one-chunk", randomBytes(2, 64<<10), 0o644),
-		reg("big/three-and-a-half-chunks", randomBytes(3, 64<<10*7/2), 0o644),
-		reg("big/compressible", bytes.Repeat([]byte("rill "), 50_000), 0o644),
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/link", Linkname: "hostname", ModTime: mtime}},
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "etc/hardlink", Linkname: "etc/hostname", ModTime: mtime}},
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Devmajor: 1, Devminor: 3, Mode: 0o666, ModTime: mtime}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: mtime}},
-		reg("var/.wh.deleted", nil, 0o600),
-		dir("opaque/", 0o755),
-		reg("opaque/.wh..wh..opq", nil, 0o600),
-		reg("ünïcødé/日本語/файл", []byte("unicode\n"), 0o644),
-		reg(strings.Repeat("long-directory-name/", 8)+"file", []byte("long\n"), 0o644),
-	}
-}
-
-// tarOf writes entries as a tar stream, padded with zeros to a multiple of padTo bytes (as
-// tar does to fill records) when padTo > 0.
-func tarOf(t testing.TB, entries []entry, padTo int) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(e.body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if padTo > 0 && buf.Len()%padTo != 0 {
-		buf.Write(make([]byte, padTo-buf.Len()%padTo))
-	}
-	return buf.Bytes()
-}
-
-func gzipOf(t testing.TB, b []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+func gzipOf(_ testing.TB, b []byte) []byte { return testlayer.Gzip(b) }
 
 func decompressAll(t testing.TB, blob []byte) []byte {
 	t.Helper()
@@ -132,19 +58,22 @@ func TestConvertLayerIsBytePreserving(t *testing.T) {
 		input func(t *testing.T) (tarBytes, layer []byte)
 		opts  LayerOptions
 	}{
-		{"gzip layer", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, everyKind(), 0); return b, gzipOf(t, b) }, LayerOptions{ChunkSize: 64 << 10}},
-		{"plain tar layer", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, everyKind(), 0); return b, b }, LayerOptions{ChunkSize: 64 << 10}},
-		{"tar padded to 10 KiB records", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, everyKind(), 10240); return b, gzipOf(t, b) }, LayerOptions{ChunkSize: 64 << 10}},
+		{"gzip layer", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, testlayer.EveryKind(), 0); return b, gzipOf(t, b) }, LayerOptions{ChunkSize: 64 << 10}},
+		{"plain tar layer", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, testlayer.EveryKind(), 0); return b, b }, LayerOptions{ChunkSize: 64 << 10}},
+		{"tar padded to 10 KiB records", func(t *testing.T) ([]byte, []byte) {
+			b := tarOf(t, testlayer.EveryKind(), 10240)
+			return b, gzipOf(t, b)
+		}, LayerOptions{ChunkSize: 64 << 10}},
 		{"padded with an odd number of blocks", func(t *testing.T) ([]byte, []byte) {
-			b := append(tarOf(t, everyKind(), 0), make([]byte, 512*5)...)
+			b := append(tarOf(t, testlayer.EveryKind(), 0), make([]byte, 512*5)...)
 			return b, gzipOf(t, b)
 		}, LayerOptions{}},
 		{"a little data after the end-of-archive marker, kept", func(t *testing.T) ([]byte, []byte) {
-			b := append(tarOf(t, everyKind(), 0), []byte("trailing bytes")...)
+			b := append(tarOf(t, testlayer.EveryKind(), 0), []byte("trailing bytes")...)
 			return b, gzipOf(t, b)
 		}, LayerOptions{}},
 		{"much data after the end-of-archive marker, kept", func(t *testing.T) ([]byte, []byte) {
-			b := append(tarOf(t, everyKind(), 0), randomBytes(9, 256<<10)...)
+			b := append(tarOf(t, testlayer.EveryKind(), 0), testlayer.RandomBytes(9, 256<<10)...)
 			return b, gzipOf(t, b)
 		}, LayerOptions{}},
 		{"empty layer", func(t *testing.T) ([]byte, []byte) { b := tarOf(t, nil, 0); return b, gzipOf(t, b) }, LayerOptions{}},
@@ -179,7 +108,7 @@ func TestConvertLayerIsBytePreserving(t *testing.T) {
 // Every entry of the original is in the TOC with the same metadata and content, and a puller
 // that knows nothing of eStargz extracts exactly the original's entries.
 func TestConvertedLayerListsEveryEntry(t *testing.T) {
-	entries := everyKind()
+	entries := testlayer.EveryKind()
 	original := tarOf(t, entries, 0)
 	blob, l := convert(t, gzipOf(t, original), LayerOptions{ChunkSize: 64 << 10})
 
@@ -191,30 +120,30 @@ func TestConvertedLayerListsEveryEntry(t *testing.T) {
 		t.Fatalf("TOC digest %s, reported %s", r.TOCDigest(), l.TOCDigest)
 	}
 	for _, e := range entries {
-		name := strings.TrimSuffix(e.hdr.Name, "/")
+		name := strings.TrimSuffix(e.Header.Name, "/")
 		te, ok := r.Lookup(name)
 		if !ok {
 			t.Errorf("%s: not in the TOC", name)
 			continue
 		}
-		wantType := map[byte]string{tar.TypeReg: "reg", tar.TypeDir: "dir", tar.TypeSymlink: "symlink", tar.TypeLink: "hardlink", tar.TypeChar: "char", tar.TypeFifo: "fifo"}[e.hdr.Typeflag]
+		wantType := map[byte]string{tar.TypeReg: "reg", tar.TypeDir: "dir", tar.TypeSymlink: "symlink", tar.TypeLink: "hardlink", tar.TypeChar: "char", tar.TypeBlock: "block", tar.TypeFifo: "fifo"}[e.Header.Typeflag]
 		if te.Type != wantType && !(wantType == "hardlink" && te.Type == "reg") {
 			t.Errorf("%s: type %s, want %s", name, te.Type, wantType)
 		}
-		if e.hdr.Typeflag == tar.TypeReg {
-			if te.Size != e.hdr.Size || te.Stat().Mode().Perm() != e.hdr.FileInfo().Mode().Perm() || te.UID != e.hdr.Uid {
-				t.Errorf("%s: size %d mode %v uid %d, want %d %v %d", name, te.Size, te.Stat().Mode(), te.UID, e.hdr.Size, e.hdr.FileInfo().Mode(), e.hdr.Uid)
+		if e.Header.Typeflag == tar.TypeReg {
+			if te.Size != e.Header.Size || te.Stat().Mode().Perm() != e.Header.FileInfo().Mode().Perm() || te.UID != e.Header.Uid {
+				t.Errorf("%s: size %d mode %v uid %d, want %d %v %d", name, te.Size, te.Stat().Mode(), te.UID, e.Header.Size, e.Header.FileInfo().Mode(), e.Header.Uid)
 			}
 			sr, err := r.OpenFile(name)
 			if err != nil {
 				t.Fatal(err)
 			}
 			got, _ := io.ReadAll(sr)
-			if !bytes.Equal(got, e.body) {
+			if !bytes.Equal(got, e.Body) {
 				t.Errorf("%s: content differs", name)
 			}
 		}
-		for k, v := range e.hdr.PAXRecords {
+		for k, v := range e.Header.PAXRecords {
 			if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && string(te.Xattrs[x]) != v {
 				t.Errorf("%s: xattr %s = %q, want %q", name, x, te.Xattrs[x], v)
 			}
@@ -241,15 +170,15 @@ func TestConvertedLayerListsEveryEntry(t *testing.T) {
 		t.Fatalf("a plain tar reader sees %d entries, the original has %d: %v", len(names), len(entries), names)
 	}
 	for i, e := range entries {
-		if names[i] != e.hdr.Name {
-			t.Errorf("entry %d: %s, want %s", i, names[i], e.hdr.Name)
+		if names[i] != e.Header.Name {
+			t.Errorf("entry %d: %s, want %s", i, names[i], e.Header.Name)
 		}
 	}
 }
 
 func TestConvertLayerRefusesWhatItCannotKeep(t *testing.T) {
-	valid := tarOf(t, everyKind(), 0)
-	withTOC := tarOf(t, []entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: estargz.TOCTarName, Size: 2, Mode: 0o644}, body: []byte("{}")}}, 0)
+	valid := tarOf(t, testlayer.EveryKind(), 0)
+	withTOC := tarOf(t, []testlayer.Entry{testlayer.Reg(estargz.TOCTarName, []byte("{}"), 0o644)}, 0)
 	corruptGzip := gzipOf(t, valid)
 	corruptGzip[len(corruptGzip)/2] ^= 0xff
 	cases := []struct {
@@ -279,7 +208,7 @@ func TestConvertLayerRefusesWhatItCannotKeep(t *testing.T) {
 func TestConvertLayerStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := ConvertLayer(ctx, bytes.NewReader(gzipOf(t, tarOf(t, everyKind(), 0))), io.Discard, LayerOptions{})
+	_, err := ConvertLayer(ctx, bytes.NewReader(gzipOf(t, tarOf(t, testlayer.EveryKind(), 0))), io.Discard, LayerOptions{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
@@ -287,12 +216,12 @@ func TestConvertLayerStopsWhenCancelled(t *testing.T) {
 
 // VerifyLayer catches a layer that does not match what the artifact claims.
 func TestVerifyLayerDetectsMismatch(t *testing.T) {
-	original := tarOf(t, everyKind(), 0)
+	original := tarOf(t, testlayer.EveryKind(), 0)
 	blob, l := convert(t, gzipOf(t, original), LayerOptions{ChunkSize: 64 << 10})
 	good := Expected{OriginalDiffID: l.OriginalDiffID, OriginalSize: l.OriginalSize, TOCDigest: l.TOCDigest}
 	section := func(b []byte) *io.SectionReader { return io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))) }
 
-	other, _ := convert(t, gzipOf(t, tarOf(t, everyKind()[:3], 0)), LayerOptions{})
+	other, _ := convert(t, gzipOf(t, tarOf(t, testlayer.EveryKind()[:3], 0)), LayerOptions{})
 	flipped := append([]byte{}, blob...)
 	flipped[len(flipped)/3] ^= 0x01
 
@@ -318,8 +247,8 @@ func TestVerifyLayerDetectsMismatch(t *testing.T) {
 
 // Whatever the input, ConvertLayer either refuses it or writes a layer that verifies.
 func FuzzConvertLayer(f *testing.F) {
-	f.Add(tarOf(f, everyKind()[:4], 0))
-	f.Add(gzipOf(f, tarOf(f, everyKind()[:6], 10240)))
+	f.Add(tarOf(f, testlayer.EveryKind()[:4], 0))
+	f.Add(gzipOf(f, tarOf(f, testlayer.EveryKind()[:6], 10240)))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, input []byte) {
 		var out bytes.Buffer
@@ -338,12 +267,12 @@ func FuzzConvertLayer(f *testing.F) {
 
 // BenchmarkConvertLayer measures conversion throughput in MB/s of uncompressed layer.
 func BenchmarkConvertLayer(b *testing.B) {
-	var entries []entry
+	var entries []testlayer.Entry
 	for i := range 400 {
 		size := 1 << (8 + i%12) // 256 B .. 512 KiB: a mix like a distribution's files
-		body := randomBytes(uint64(i), size/2)
+		body := testlayer.RandomBytes(uint64(i), size/2)
 		body = append(body, bytes.Repeat([]byte("text "), size/10)...)
-		entries = append(entries, entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("usr/lib/file-%04d", i), Size: int64(len(body)), Mode: 0o644, ModTime: mtime}, body: body})
+		entries = append(entries, testlayer.Reg(fmt.Sprintf("usr/lib/file-%04d", i), body, 0o644))
 	}
 	original := tarOf(b, entries, 10240)
 	layer := gzipOf(b, original)
