@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -47,7 +48,9 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 	var orphans []string
 	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		ids, err := storage.IDMap(ctx)
-		if err != nil {
+		if errdefs.IsNotFound(err) {
+			ids = map[string]string{} // a new metastore: no snapshots yet
+		} else if err != nil {
 			return fmt.Errorf("list snapshot ids: %w", err)
 		}
 		entries, err := os.ReadDir(s.snapshotsDir())

@@ -138,3 +138,22 @@ func TestRootMustBeAbsolute(t *testing.T) {
 		t.Fatal("a relative root was accepted")
 	}
 }
+
+// A new root has no snapshots: cleanup finds nothing to do and reports no error; stray
+// directories (a crash between Remove and Cleanup) are removed.
+func TestCleanupOnNewRoot(t *testing.T) {
+	ctx, sn := newTestSnapshotter(t)
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatalf("cleanup of a new root: %v", err)
+	}
+	stray := filepath.Join(sn.snapshotsDir(), "42")
+	if err := os.MkdirAll(filepath.Join(stray, "fs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Fatalf("stray directory survived cleanup: %v", err)
+	}
+}

@@ -59,7 +59,7 @@ func TestInstallScript(t *testing.T) {
 	}
 	install()
 	for path, mode := range map[string]os.FileMode{
-		"opt/rill/bin/rill-snapshotter":              0o755,
+		"opt/rill/bin/rill-snapshotter":               0o755,
 		"etc/systemd/system/rill-snapshotter.service": 0o644,
 		"etc/rill/config.toml":                        0o644,
 		"var/lib/rill":                                0o700 | os.ModeDir,

@@ -7,13 +7,18 @@
 // containerd-shim-runc-v2, crictl, registry, runc, debootstrap). Start fails with a message
 // naming that script when a tool is missing.
 //
+// One harness runs at a time on a machine (Start waits for a lock in /run/lock): containerd's
+// shims keep their sockets in /run/containerd/s and runc its state in /run/containerd/runc,
+// whichever containerd started them.
+//
 // A typical use:
 //
 //	env, err := harness.Start(ctx, harness.Options{Logf: t.Logf})
 //	...
 //	defer env.Close(ctx, failed)
-//	img, err := harness.Push(ctx, env.Registry.Host()+"/demo:v1", image)
-//	_, err = env.CRI.Pull(ctx, ref)
+//	img, err := harness.Push(ctx, env.Registry.Host()+"/demo:v1", spec)
+//	_, err = env.CRI.Pull(ctx, img.Ref)
+//	res, err := env.CRI.RunInPod(ctx, "demo", img.Ref, []string{"/app"}, time.Minute)
 //
 // Env.Close stops everything even after a failure: CRI pods and containers, ctr tasks, the
 // containerd shims and runc containers of this instance, containerd, rill-snapshotter and the

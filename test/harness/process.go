@@ -61,6 +61,13 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// Alive reports whether the process with this PID is running (per /proc; a zombie is not),
+// whatever the harness believes.
+func (p *Process) Alive() bool { return alive(p.PID()) }
+
+// Name returns the daemon's name.
+func (p *Process) Name() string { return p.name }
+
 // exitError describes how the process ended (nil for exit status 0); call only once it exited.
 func (p *Process) exitError() error {
 	if p.waitErr != nil {

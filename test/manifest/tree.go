@@ -48,8 +48,11 @@ func NewTree() *Tree {
 type change struct {
 	hdr  *tar.Header
 	path string
-	node *node // nil for hardlinks, resolved when applied
+	node *node
 }
+
+// typeHardlink marks the node of a hardlink member before it is resolved to its target's.
+const typeHardlink = "hardlink"
 
 // ApplyLayer applies an uncompressed tar layer to t.
 func (t *Tree) ApplyLayer(r io.Reader) error {
@@ -126,7 +129,7 @@ func nodeOf(hdr *tar.Header, content io.Reader) (*node, error) {
 	case tar.TypeFifo:
 		n.typ = TypeFifo
 	case tar.TypeLink:
-		return nil, nil
+		n.typ, n.mtime = typeHardlink, hdr.ModTime.Unix() // resolved against its target in add
 	default:
 		return nil, fmt.Errorf("tar type %q is not modelled by manifest.Tree", hdr.Typeflag)
 	}
@@ -135,12 +138,25 @@ func nodeOf(hdr *tar.Header, content io.Reader) (*node, error) {
 
 func (t *Tree) add(c change) error {
 	n := c.node
-	if n == nil { // hardlink: another name for an existing inode
+	if n.typ == typeHardlink {
+		// Another name for an existing inode. Unpackers (containerd, docker) apply the link
+		// member's owner, xattrs, mode and time to that inode, as for any member.
 		target := path.Clean("/" + c.hdr.Linkname)
-		n = t.nodes[target]
-		if n == nil || n.typ == TypeDir {
+		inode := t.nodes[target]
+		if inode == nil || inode.typ == TypeDir {
 			return fmt.Errorf("hardlink %q points to %q, which is not a file in the tree", c.path, target)
 		}
+		inode.uid, inode.gid, inode.mode = n.uid, n.gid, n.mode
+		if inode.typ == TypeFile {
+			inode.mtime = n.mtime
+		}
+		for k, v := range n.xattrs {
+			if inode.xattrs == nil {
+				inode.xattrs = map[string]string{}
+			}
+			inode.xattrs[k] = v
+		}
+		n = inode
 	}
 	t.ensureParents(c.path)
 	if old, ok := t.nodes[c.path]; ok {

@@ -1,0 +1,167 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// CRINamespace is the containerd namespace of the CRI plugin (and of crictl's images).
+const CRINamespace = "k8s.io"
+
+// Containerd is a private containerd: its root, state, sockets and config live in a temporary
+// directory, it loads no other config (imports = []), uses rill as its CRI snapshotter, and
+// pulls from the harness's registry over plain HTTP.
+type Containerd struct {
+	dir     string
+	socket  string
+	config  string
+	logPath string
+	proc    *Process
+}
+
+// containerdConfig is containerd's config (version 3, which containerd 2.x migrates). Its
+// arguments, in order: root, state, grpc socket, ttrpc socket, opt dir, rill's socket, the
+// sandbox image, the certs.d directory, the CNI bin dir and the CNI conf dir.
+const containerdConfig = `version = 3
+root = %q
+state = %q
+imports = []
+# NRI listens on a fixed host-wide socket; this private instance must not take it.
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[proxy_plugins.rill]
+  type = "snapshot"
+  address = %q
+  # Without this export, pulls through the transfer service (CRI, ctr) do not pass the
+  # containerd.io/snapshot/cri.* labels to the snapshotter.
+  [proxy_plugins.rill.exports]
+    enable_remote_snapshot_annotations = "true"
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = %q
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "rill"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %q
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = %q
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # This sandbox lacks CAP_SYS_RESOURCE: without it pod sandboxes fail on oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+
+# Pulls go through the transfer service, which unpacks only for the snapshotters listed here.
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "rill"
+  differ = "walking"
+`
+
+// hostsConfig is the certs.d/<host>/hosts.toml of the registry: plain HTTP on loopback.
+const hostsConfig = `server = "http://%[1]s"
+
+[host."http://%[1]s"]
+  capabilities = ["pull", "resolve", "push"]
+  skip_verify = true
+`
+
+// startContainerd writes the config under dir and starts containerd, logging into logDir.
+func startContainerd(ctx context.Context, dir, logDir, rillSocket, registryHost, sandboxImage string) (*Containerd, error) {
+	bin, err := LookTool("containerd")
+	if err != nil {
+		return nil, err
+	}
+	c := &Containerd{
+		dir:     dir,
+		socket:  filepath.Join(dir, "containerd.sock"),
+		config:  filepath.Join(dir, "config.toml"),
+		logPath: filepath.Join(logDir, "containerd.log"),
+	}
+	certsDir := filepath.Join(dir, "certs.d")
+	dirs := map[string]string{
+		"root": filepath.Join(dir, "root"), "state": filepath.Join(dir, "state"),
+		"opt": filepath.Join(dir, "opt"), "cni-bin": filepath.Join(dir, "cni", "bin"),
+		"cni-conf": filepath.Join(dir, "cni", "conf"), "hosts": filepath.Join(certsDir, registryHost),
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("creating containerd's directories: %w", err)
+		}
+	}
+	hosts := fmt.Appendf(nil, hostsConfig, registryHost)
+	if err := os.WriteFile(filepath.Join(dirs["hosts"], "hosts.toml"), hosts, 0o644); err != nil {
+		return nil, fmt.Errorf("writing the registry's hosts.toml: %w", err)
+	}
+	config := fmt.Appendf(nil, containerdConfig, dirs["root"], dirs["state"], c.socket, c.socket+".ttrpc",
+		rillSocket, dirs["opt"], sandboxImage, certsDir, dirs["cni-bin"], dirs["cni-conf"])
+	if err := os.WriteFile(c.config, config, 0o644); err != nil {
+		return nil, fmt.Errorf("writing containerd's config: %w", err)
+	}
+	env := append(os.Environ(), "PATH="+toolPath())
+	c.proc, err = startProcess("containerd", c.logPath, env, bin, "--config", c.config, "--log-level", "debug")
+	if err != nil {
+		return nil, err
+	}
+	if err := c.proc.waitReady(ctx, 60*time.Second, c.dial); err != nil {
+		_ = c.proc.Stop(ctx, 10*time.Second)
+		return nil, err
+	}
+	return c, nil
+}
+
+// Socket returns containerd's gRPC socket.
+func (c *Containerd) Socket() string { return c.socket }
+
+// Dir returns the directory that holds containerd's root, state and config.
+func (c *Containerd) Dir() string { return c.dir }
+
+// Process returns the containerd process.
+func (c *Containerd) Process() *Process { return c.proc }
+
+// Stop stops containerd (SIGTERM, then SIGKILL after a grace period).
+func (c *Containerd) Stop(ctx context.Context) error { return c.proc.Stop(ctx, 30*time.Second) }
+
+func (c *Containerd) dial(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.socket)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// ContentLabels returns the labels containerd keeps on the blob dgst in namespace ns. After an
+// unpack, the image config's labels name the snapshot of the top layer per snapshotter
+// ("containerd.io/gc.ref.snapshot.<snapshotter>" = chain ID).
+func (c *Containerd) ContentLabels(ctx context.Context, ns, dgst string) (map[string]string, error) {
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to containerd at %s: %w", c.socket, err)
+	}
+	defer conn.Close()
+	resp, err := contentapi.NewContentClient(conn).Info(namespaces.WithNamespace(ctx, ns),
+		&contentapi.InfoRequest{Digest: dgst})
+	if err != nil {
+		return nil, fmt.Errorf("asking containerd for the content info of %s in namespace %s: %w", dgst, ns, err)
+	}
+	return resp.GetInfo().GetLabels(), nil
+}

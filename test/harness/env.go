@@ -1,0 +1,262 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Options configure Start.
+type Options struct {
+	// Logf receives progress lines and, when Close is told the run failed, the tails of the
+	// daemons' logs (testing.T.Logf fits). Nil discards them.
+	Logf func(format string, args ...any)
+	// TempDir is where the harness creates its directory; "" means os.TempDir().
+	TempDir string
+}
+
+// Env is a running set of registry, rill-snapshotter and containerd, all below Dir.
+type Env struct {
+	Dir          string // everything the harness makes lives below it
+	RepoRoot     string // the rill module
+	Registry     *Registry
+	Snapshotter  *Snapshotter
+	Containerd   *Containerd
+	CRI          *CRI
+	Ctr          *Ctr
+	SandboxImage *PushedImage // the pause image pinned for pod sandboxes
+
+	logDir string
+	logf   func(format string, args ...any)
+	unlock func() // releases the one-harness-per-machine lock
+	closed bool
+}
+
+// Start builds rill-snapshotter and the pause image from this repository, then starts the
+// registry, rill-snapshotter and containerd, and waits until CRI answers. On failure it stops
+// whatever it started.
+func Start(ctx context.Context, opts Options) (_ *Env, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the harness must run as root (containerd, runc and overlay mounts need it)")
+	}
+	if err := CheckTools(requiredTools()...); err != nil {
+		return nil, err
+	}
+	repoRoot, err := RepoRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	unlock, err := lockInstance(ctx, 30*time.Minute, logf)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(opts.TempDir, "rill-e2e-")
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("creating the harness directory: %w", err)
+	}
+	e := &Env{Dir: dir, RepoRoot: repoRoot, logDir: filepath.Join(dir, "logs"), logf: logf, unlock: unlock}
+	defer func() {
+		if err != nil { // an interrupt is no failure of the daemons: keep no logs then
+			if cerr := e.Close(context.WithoutCancel(ctx), ctx.Err() == nil); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+	for _, d := range []string{e.logDir, filepath.Join(dir, "bin")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return e, fmt.Errorf("creating %s: %w", d, err)
+		}
+	}
+
+	began := time.Now()
+	rillBin := filepath.Join(dir, "bin", "rill-snapshotter")
+	var (
+		wg               sync.WaitGroup
+		buildErr, imgErr error
+		sandbox          ImageSpec
+	)
+	wg.Go(func() {
+		if buildErr = BuildGo(ctx, repoRoot, "./cmd/rill-snapshotter", rillBin, false); buildErr != nil {
+			buildErr = fmt.Errorf("building rill-snapshotter: %w", buildErr)
+		}
+	})
+	wg.Go(func() { sandbox, imgErr = buildSandboxImage(ctx, repoRoot, filepath.Join(dir, "bin")) })
+	wg.Wait()
+	if err := errors.Join(buildErr, imgErr); err != nil {
+		return e, err
+	}
+	e.logf("built rill-snapshotter and the pause image in %s", time.Since(began).Round(time.Millisecond))
+
+	if e.Registry, err = startRegistry(ctx, filepath.Join(dir, "registry"), e.logDir); err != nil {
+		return e, err
+	}
+	e.logf("registry listening on %s (pid %d)", e.Registry.Host(), e.Registry.Process().PID())
+	if e.SandboxImage, err = Push(ctx, e.Registry.Host()+"/"+SandboxRepository, sandbox); err != nil {
+		return e, fmt.Errorf("pushing the pause image: %w", err)
+	}
+
+	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir); err != nil {
+		return e, err
+	}
+	if err := e.Snapshotter.Start(ctx); err != nil {
+		return e, fmt.Errorf("starting rill-snapshotter: %w", err)
+	}
+	e.logf("rill-snapshotter serving %s (pid %d)", e.Snapshotter.Socket(), e.Snapshotter.Process().PID())
+
+	e.Containerd, err = startContainerd(ctx, filepath.Join(dir, "containerd"), e.logDir,
+		e.Snapshotter.Socket(), e.Registry.Host(), e.SandboxImage.Ref)
+	if err != nil {
+		return e, fmt.Errorf("starting containerd: %w", err)
+	}
+	if e.CRI, err = newCRI(filepath.Join(dir, "cri"), e.Containerd.Socket()); err != nil {
+		return e, err
+	}
+	if e.Ctr, err = newCtr(e.Containerd.Socket()); err != nil {
+		return e, err
+	}
+	if err := e.CRI.waitReady(ctx, 60*time.Second); err != nil {
+		return e, fmt.Errorf("%w; containerd's log %s ends with:\n%s", err, e.Containerd.logPath, tailFile(e.Containerd.logPath, 30))
+	}
+	// Pull the pinned sandbox image now, so that the first pod does not change what rill holds.
+	if _, err := e.CRI.Pull(ctx, e.SandboxImage.Ref); err != nil {
+		return e, fmt.Errorf("pulling the pod sandbox image: %w", err)
+	}
+	e.logf("containerd serving %s (pid %d), CRI ready; everything up in %s",
+		e.Containerd.Socket(), e.Containerd.Process().PID(), time.Since(began).Round(time.Millisecond))
+	return e, nil
+}
+
+// LogDir returns the directory of the daemons' logs.
+func (e *Env) LogDir() string { return e.logDir }
+
+// Close stops everything Start started, by PID and in order, even after a failure: CRI pods and
+// containers, ctr tasks, leftover runc containers and shims of this containerd, containerd,
+// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir and removes Dir.
+//
+// It returns an error for anything that was not clean: a daemon that did not exit 0 on SIGTERM
+// (rill-snapshotter, containerd), containers, shims or mounts that outlived their owners. When
+// failed is true or Close finds a problem, it logs the tails of the daemons' logs and keeps the
+// logs in a directory it names.
+func (e *Env) Close(ctx context.Context, failed bool) error {
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+
+	var errs []error
+	containerdUp := e.Containerd != nil && !e.Containerd.proc.Exited()
+	if containerdUp && e.CRI != nil {
+		if err := e.CRI.removeAll(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if containerdUp && e.Ctr != nil {
+		if err := e.Ctr.removeAll(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if e.Containerd != nil {
+		if err := e.Containerd.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping containerd: %w", err))
+		}
+		ids, err := killRuncContainers(ctx, e.Dir)
+		if len(ids) > 0 {
+			errs = append(errs, fmt.Errorf("runc containers left running after containerd stopped: %v (killed)", ids))
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing leftover runc containers: %w", err))
+		}
+		// A shim whose task was just deleted may take a moment to exit on its own.
+		pids, err := waitShimsGone(e.Containerd.Socket(), 5*time.Second)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if len(pids) > 0 {
+			errs = append(errs, fmt.Errorf("containerd shims left running after containerd stopped: pids %v (killed)", pids))
+			if err := killPIDs(pids, 10*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if e.Snapshotter != nil {
+		if err := e.Snapshotter.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping rill-snapshotter: %w", err))
+		}
+	}
+	if e.Registry != nil {
+		_ = e.Registry.proc.Stop(ctx, 10*time.Second) // its exit status on SIGTERM is not ours to judge
+	}
+	for _, p := range e.Processes() {
+		if !p.Exited() {
+			errs = append(errs, fmt.Errorf("%s (pid %d) is still running", p.name, p.PID()))
+		}
+	}
+	if mounts, err := MountsUnder(e.Dir); err != nil || len(mounts) > 0 {
+		errs = append(errs, fmt.Errorf("mounts left below %s after every process stopped: %v (%v)", e.Dir, mounts, err))
+	}
+	if err := UnmountAll(e.Dir); err != nil {
+		errs = append(errs, err)
+	}
+
+	if failed || len(errs) > 0 {
+		e.reportLogs()
+	}
+	if err := os.RemoveAll(e.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("removing %s: %w", e.Dir, err))
+	}
+	e.unlock()
+	return errors.Join(errs...)
+}
+
+// Processes returns the daemons the harness started (registry, rill-snapshotter, containerd).
+func (e *Env) Processes() []*Process {
+	var ps []*Process
+	if e.Registry != nil {
+		ps = append(ps, e.Registry.proc)
+	}
+	if e.Snapshotter != nil && e.Snapshotter.proc != nil {
+		ps = append(ps, e.Snapshotter.proc)
+	}
+	if e.Containerd != nil {
+		ps = append(ps, e.Containerd.proc)
+	}
+	return ps
+}
+
+// reportLogs logs the tails of the daemons' logs and copies the logs to a directory that Close
+// does not remove.
+func (e *Env) reportLogs() {
+	logs, err := os.ReadDir(e.logDir)
+	if err != nil {
+		e.logf("no daemon logs to report: %v", err)
+		return
+	}
+	kept, err := os.MkdirTemp(filepath.Dir(e.Dir), "rill-e2e-logs-")
+	if err != nil {
+		e.logf("cannot keep the daemon logs: %v", err)
+	}
+	for _, l := range logs {
+		src := filepath.Join(e.logDir, l.Name())
+		e.logf("----- last lines of %s -----\n%s", l.Name(), tailFile(src, 60))
+		if kept == "" {
+			continue
+		}
+		if data, err := os.ReadFile(src); err == nil {
+			_ = os.WriteFile(filepath.Join(kept, l.Name()), data, 0o644)
+		}
+	}
+	if kept != "" {
+		e.logf("the full logs of registry, rill-snapshotter and containerd are kept in %s", kept)
+	}
+}

@@ -1,0 +1,87 @@
+package harness
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// ImageSpec is a single-platform (linux/amd64) image: its layers, bottom first, and the runtime
+// part of its config.
+type ImageSpec struct {
+	Layers []*Layer
+	Config v1.Config
+}
+
+// PushedImage is an image in the registry.
+type PushedImage struct {
+	Ref            string    // "HOST/REPO:TAG"
+	ManifestDigest v1.Hash   // digest of the image manifest
+	ConfigDigest   v1.Hash   // digest of the image config blob
+	DiffIDs        []v1.Hash // uncompressed digests of the layers, bottom first
+	ChainIDs       []v1.Hash // chain IDs (the names of the committed snapshots), bottom first
+	Size           int64     // compressed bytes of all layers
+}
+
+// Push assembles an OCI image from spec and pushes it to ref (a registry on loopback, plain HTTP).
+func Push(ctx context.Context, ref string, spec ImageSpec) (*PushedImage, error) {
+	tag, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		return nil, fmt.Errorf("parsing image reference %q: %w", ref, err)
+	}
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	img, err := mutate.ConfigFile(base, &v1.ConfigFile{
+		Architecture: "amd64",
+		OS:           "linux",
+		Created:      v1.Time{Time: time.Unix(1700000000, 0).UTC()},
+		Config:       spec.Config,
+		RootFS:       v1.RootFS{Type: "layers"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting the image config: %w", err)
+	}
+	pushed := &PushedImage{Ref: ref}
+	for _, l := range spec.Layers {
+		img, err = mutate.Append(img, mutate.Addendum{Layer: l.V1(), MediaType: types.OCILayer})
+		if err != nil {
+			return nil, fmt.Errorf("adding layer %s: %w", l.Path, err)
+		}
+		pushed.DiffIDs = append(pushed.DiffIDs, l.DiffID)
+		pushed.Size += l.Size
+	}
+	pushed.ChainIDs = ChainIDs(pushed.DiffIDs)
+	if pushed.ManifestDigest, err = img.Digest(); err != nil {
+		return nil, fmt.Errorf("computing the manifest digest: %w", err)
+	}
+	if pushed.ConfigDigest, err = img.ConfigName(); err != nil {
+		return nil, fmt.Errorf("computing the config digest: %w", err)
+	}
+	if err := remote.Write(tag, img, remote.WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("pushing %s to the registry: %w", ref, err)
+	}
+	return pushed, nil
+}
+
+// ChainIDs returns the chain IDs of a stack of layers given their diff IDs, bottom first:
+// chain(0) = diffID(0), chain(n) = sha256(chain(n-1) + " " + diffID(n)) (OCI image spec).
+func ChainIDs(diffIDs []v1.Hash) []v1.Hash {
+	chain := make([]v1.Hash, len(diffIDs))
+	for i, d := range diffIDs {
+		if i == 0 {
+			chain[i] = d
+			continue
+		}
+		sum := sha256.Sum256([]byte(chain[i-1].String() + " " + d.String()))
+		chain[i] = v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sum)}
+	}
+	return chain
+}

@@ -1,0 +1,169 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// SnapshotterName is the name containerd knows rill by.
+const SnapshotterName = "rill"
+
+// Snapshotter is a rill-snapshotter daemon. Its root survives Stop and Restart.
+type Snapshotter struct {
+	bin     string
+	dir     string
+	root    string
+	socket  string
+	config  string
+	logPath string
+	proc    *Process
+}
+
+const snapshotterConfig = `root = %q
+address = %q
+
+[log]
+level = "debug"
+
+[snapshotter]
+async_remove = true
+`
+
+// newSnapshotter prepares (but does not start) rill-snapshotter bin with its config, root and
+// socket under dir and its log in logDir.
+func newSnapshotter(bin, dir, logDir string) (*Snapshotter, error) {
+	s := &Snapshotter{
+		bin:     bin,
+		dir:     dir,
+		root:    filepath.Join(dir, "root"),
+		socket:  filepath.Join(dir, "rill.sock"),
+		config:  filepath.Join(dir, "config.toml"),
+		logPath: filepath.Join(logDir, "rill-snapshotter.log"),
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the snapshotter directory: %w", err)
+	}
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket), 0o644); err != nil {
+		return nil, fmt.Errorf("writing the snapshotter config: %w", err)
+	}
+	return s, nil
+}
+
+// Start starts the daemon and waits until its socket accepts connections.
+func (s *Snapshotter) Start(ctx context.Context) error {
+	if s.proc != nil && !s.proc.Exited() {
+		return fmt.Errorf("rill-snapshotter is already running (pid %d)", s.proc.PID())
+	}
+	proc, err := startProcess("rill-snapshotter", s.logPath, os.Environ(), s.bin,
+		"--config", s.config, "--root", s.root, "--address", s.socket, "--log-level", "debug")
+	if err != nil {
+		return err
+	}
+	s.proc = proc
+	return proc.waitReady(ctx, 30*time.Second, s.dial)
+}
+
+// Stop sends SIGTERM and waits for the daemon to exit; it fails unless the daemon exits 0 in time.
+func (s *Snapshotter) Stop(ctx context.Context) error {
+	if s.proc == nil {
+		return nil
+	}
+	return s.proc.Stop(ctx, 30*time.Second)
+}
+
+// Restart stops the daemon and starts it again on the same root and socket.
+func (s *Snapshotter) Restart(ctx context.Context) error {
+	if err := s.Stop(ctx); err != nil {
+		return fmt.Errorf("stopping rill-snapshotter for a restart: %w", err)
+	}
+	return s.Start(ctx)
+}
+
+// Process returns the running daemon (nil before Start).
+func (s *Snapshotter) Process() *Process { return s.proc }
+
+// Socket returns the daemon's unix socket.
+func (s *Snapshotter) Socket() string { return s.socket }
+
+// Root returns the daemon's state directory.
+func (s *Snapshotter) Root() string { return s.root }
+
+// LogPath returns the daemon's log file.
+func (s *Snapshotter) LogPath() string { return s.logPath }
+
+func (s *Snapshotter) dial(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", s.socket)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// Snapshots asks the daemon itself (over its socket, as containerd does) for every snapshot in
+// its metastore. The names are containerd's keys ("<namespace>/<id>/<name>").
+func (s *Snapshotter) Snapshots(ctx context.Context) ([]snapshots.Info, error) {
+	conn, err := grpc.NewClient("unix://"+s.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to rill-snapshotter at %s: %w", s.socket, err)
+	}
+	defer conn.Close()
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), SnapshotterName)
+	var infos []snapshots.Info
+	err = sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		infos = append(infos, info)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the snapshots of rill-snapshotter (Walk on %s): %w", s.socket, err)
+	}
+	return infos, nil
+}
+
+// DiskUsage returns the bytes allocated below ROOT/snapshots, counting each inode once (as du).
+func (s *Snapshotter) DiskUsage() (int64, error) {
+	return diskUsage(filepath.Join(s.root, "snapshots"))
+}
+
+func diskUsage(dir string) (int64, error) {
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while we walk, or no snapshot yet
+			}
+			return err
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return fmt.Errorf("lstat %s: %w", p, err)
+		}
+		if id := (inode{st.Dev, st.Ino}); !seen[id] {
+			seen[id] = true
+			total += st.Blocks * 512
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measuring the disk usage of %s: %w", dir, err)
+	}
+	return total, nil
+}

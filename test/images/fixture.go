@@ -1,0 +1,164 @@
+package images
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/rillstream/rill/test/harness"
+)
+
+// FixtureOptions shape the fixture image.
+type FixtureOptions struct {
+	// Repository is the image's path in the registry ("rill/fixture:v1" when empty).
+	Repository string
+	// BigFileSize is the size of /fixture/big/random.bin, alone in the top layer; 0 leaves
+	// that layer out (a quick image for the demo).
+	BigFileSize int64
+}
+
+// checkedRoots are the paths the checker walks (and the expected manifest covers): the runtime
+// adds /proc, /dev, /etc/hosts... elsewhere.
+func checkedRoots() []string { return []string{"/checker", "/fixture"} }
+
+// Fixture builds the fixture image's layers in dir: the checker binary (compiled from this
+// repository), a base layer, a layer of changes (whiteouts, an opaque directory, replacements)
+// and, if asked, a layer with one large pseudo-random file. The expected output of the checker
+// is computed from those layers.
+func Fixture(ctx context.Context, repoRoot, dir string, opts FixtureOptions) (*TestImage, error) {
+	if opts.Repository == "" {
+		opts.Repository = "rill/fixture:v1"
+	}
+	checker := filepath.Join(dir, "checker")
+	if err := harness.BuildGo(ctx, repoRoot, "./test/cmd/checker", checker, true); err != nil {
+		return nil, fmt.Errorf("building the checker: %w", err)
+	}
+	checkerLayer, err := harness.SingleFileLayer(filepath.Join(dir, "layer-checker.tar.gz"), checker, "checker")
+	if err != nil {
+		return nil, err
+	}
+	layers := []*harness.Layer{checkerLayer}
+	for i, members := range [][]member{baseLayer(), changesLayer()} {
+		l, err := writeLayer(filepath.Join(dir, fmt.Sprintf("layer-%d.tar.gz", i+1)), gzip.DefaultCompression, members)
+		if err != nil {
+			return nil, fmt.Errorf("writing fixture layer %d: %w", i+1, err)
+		}
+		layers = append(layers, l)
+	}
+	if opts.BigFileSize > 0 {
+		l, err := writeLayer(filepath.Join(dir, "layer-big.tar.gz"), gzip.BestSpeed, bigLayer(opts.BigFileSize))
+		if err != nil {
+			return nil, fmt.Errorf("writing the fixture's big layer: %w", err)
+		}
+		layers = append(layers, l)
+	}
+	want, err := expectedManifest(layers, checkedRoots()...)
+	if err != nil {
+		return nil, fmt.Errorf("computing the fixture's expected manifest: %w", err)
+	}
+	command := append([]string{"/checker"}, checkedRoots()...)
+	return &TestImage{
+		Repository: opts.Repository,
+		Spec:       harness.ImageSpec{Layers: layers, Config: v1.Config{Cmd: command}},
+		Command:    command,
+		Want:       want,
+	}, nil
+}
+
+// baseLayer holds one of each kind of entry, with the metadata an unpacker must keep.
+func baseLayer() []member {
+	long := "fixture/long/" + strings.Repeat("d", 60) + "/" + strings.Repeat("f", 150) + ".txt"
+	return []member{
+		dir("fixture", 0o755, 0, 0),
+		file("fixture/hello.txt", 0o644, 0, 0, "hello from rill\n"),
+		file("fixture/empty", 0o600, 0, 0, ""),
+		file("fixture/setuid", 0o4755, 0, 0, "#!/bin/false setuid\n"),
+		file("fixture/setgid", 0o2711, 0, 50, "setgid\n"),
+		file("fixture/all-special", 0o7755, 1000, 1000, "setuid+setgid+sticky on a file owned by 1000\n"),
+		dir("fixture/sticky", 0o1777, 0, 0),
+		file("fixture/sticky/inside", 0o666, 33, 33, "in a sticky directory\n"),
+		dir("fixture/setgid-dir", 0o2775, 0, 100),
+		dir("fixture/owned", 0o750, 1000, 1000),
+		file("fixture/owned/secret", 0o600, 1000, 1000, "owned by 1000:1000\n"),
+		file("fixture/owned/nobody", 0o640, 65534, 65534, "owned by nobody\n"),
+		file("fixture/owned/large-ids", 0o644, 4000000, 3000000, "ids beyond the ustar octal range\n"),
+		symlink("fixture/owned/link", "secret", 1000, 1000),
+		dir("fixture/names", 0o755, 0, 0),
+		file("fixture/names/with space.txt", 0o644, 0, 0, "a space\n"),
+		file("fixture/names/ünïcødé ✓.txt", 0o644, 0, 0, "utf-8 name\n"),
+		file("fixture/names/.hidden", 0o644, 0, 0, "dot file\n"),
+		file("fixture/names/-dash", 0o644, 0, 0, "leading dash\n"),
+		dir("fixture/long", 0o755, 0, 0),
+		dir("fixture/long/"+strings.Repeat("d", 60), 0o755, 0, 0),
+		file(long, 0o644, 0, 0, "a path longer than 100 bytes\n"),
+		dir("fixture/links", 0o755, 0, 0),
+		symlink("fixture/links/relative", "../hello.txt", 0, 0),
+		symlink("fixture/links/absolute", "/fixture/hello.txt", 0, 0),
+		symlink("fixture/links/dangling", "does/not/exist", 0, 0),
+		symlink("fixture/links/to-dir", "../names", 0, 0),
+		dir("fixture/hard", 0o755, 0, 0),
+		file("fixture/hard/original", 0o640, 0, 0, "one inode, three names\n"),
+		hardlink("fixture/hard/second", "fixture/hard/original", 0o640, 0, 0),
+		hardlink("fixture/hard-elsewhere", "fixture/hard/original", 0o640, 0, 0),
+		fifo("fixture/fifo", 0o620),
+		dir("fixture/xattrs", 0o755, 0, 0),
+		withXattrs(file("fixture/xattrs/file", 0o644, 0, 0, "has user xattrs\n"), map[string]string{
+			"user.rill.color": "blue",
+			"user.rill.empty": "",
+			"user.rill.bytes": "\x00\x01\xfe\xff binary",
+		}),
+		withXattrs(dir("fixture/xattrs/dir", 0o755, 0, 0), map[string]string{"user.rill.dir": "on a directory"}),
+		// Changed or hidden by the next layer:
+		file("fixture/deleted.txt", 0o644, 0, 0, "deleted by a whiteout above\n"),
+		dir("fixture/deleted-dir", 0o755, 0, 0),
+		file("fixture/deleted-dir/child", 0o644, 0, 0, "deleted with its directory\n"),
+		dir("fixture/opaque", 0o755, 0, 0),
+		file("fixture/opaque/lower-only", 0o644, 0, 0, "hidden by the opaque directory above\n"),
+		dir("fixture/opaque/lower-dir", 0o755, 0, 0),
+		file("fixture/opaque/lower-dir/file", 0o644, 0, 0, "hidden too\n"),
+		file("fixture/opaque/kept-name", 0o644, 0, 0, "version from below, replaced\n"),
+		file("fixture/replaced.txt", 0o644, 0, 0, "version 1\n"),
+		dir("fixture/dir-to-file", 0o755, 0, 0),
+		file("fixture/dir-to-file/child", 0o644, 0, 0, "gone when the directory becomes a file\n"),
+		file("fixture/file-to-dir", 0o644, 0, 0, "becomes a directory\n"),
+		dir("fixture/merged", 0o755, 0, 0),
+		file("fixture/merged/from-below", 0o644, 0, 0, "stays visible\n"),
+	}
+}
+
+// changesLayer changes the base layer the ways image layers do.
+func changesLayer() []member {
+	return []member{
+		whiteout("fixture/deleted.txt"),
+		whiteout("fixture/deleted-dir"),
+		dir("fixture/opaque", 0o711, 1000, 1000),
+		opaque("fixture/opaque"),
+		file("fixture/opaque/upper-only", 0o644, 0, 0, "the only old-style name left\n"),
+		file("fixture/opaque/kept-name", 0o600, 0, 0, "version from above\n"),
+		file("fixture/replaced.txt", 0o600, 1000, 1000, "version 2, longer than version 1\n"),
+		file("fixture/dir-to-file", 0o644, 0, 0, "was a directory\n"),
+		dir("fixture/file-to-dir", 0o700, 0, 0),
+		file("fixture/file-to-dir/child", 0o644, 0, 0, "inside what was a file\n"),
+		file("fixture/merged/from-above", 0o644, 0, 0, "merged with the directory below\n"),
+		file("fixture/hard/upper-a", 0o644, 0, 0, "a hardlink pair in an upper layer\n"),
+		hardlink("fixture/hard/upper-b", "fixture/hard/upper-a", 0o644, 0, 0),
+		dir("fixture/owned", 0o755, 2000, 2000), // metadata change of a lower directory
+	}
+}
+
+// bigLayer holds one large file of deterministic pseudo-random bytes (incompressible, like most
+// of a real image's bulk) and a second name for it.
+func bigLayer(size int64) []member {
+	var seed [32]byte
+	copy(seed[:], "rill e2e fixture: big file seed")
+	return []member{
+		dir("fixture/big", 0o755, 0, 0),
+		bigFile("fixture/big/random.bin", 0o644, size, rand.NewChaCha8(seed)),
+		hardlink("fixture/big/random-link.bin", "fixture/big/random.bin", 0o644, 0, 0),
+	}
+}
