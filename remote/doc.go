@@ -1,0 +1,28 @@
+// Package remote is rill's access to OCI registries, built for streaming: every cold read of
+// a file in a streamed layer becomes a range request, so latency, retries and the odd
+// behaviour of real registries decide a container's start-up time.
+//
+// A [Registry] (built by [New]) knows
+//
+//   - hosts, mirrors and TLS from containerd's own certs.d/hosts.toml layout (mirrors first,
+//     in order, then the upstream; requests to a mirror carry ?ns=<upstream>);
+//   - authentication from Docker's config.json (credential helpers and credsStore included),
+//     read at use, through a [Credentials] source the caller can extend; the registry token
+//     flow is containerd's docker authorizer, and a 401 re-authenticates and retries once;
+//   - manifests and configs by digest, size-limited and digest-verified ([Registry.Resolve],
+//     [Registry.FetchManifest], [Registry.FetchBlob], [SelectPlatform]);
+//   - referrers, through the referrers API or the OCI tag-schema fallback, and the write side
+//     ([Registry.Referrers], [Registry.PushBlob], [Registry.PushManifest]);
+//   - range reads of blobs ([BlobReader]): the redirect target is discovered with the first
+//     ranged GET and refreshed when it expires, neighbouring ranges are coalesced and sent as
+//     one multi-range request where the host allows it, every response is checked so that no
+//     byte from a wrong offset or a truncated body is ever returned, transient failures are
+//     retried with capped, jittered exponential backoff, requests per host are limited and
+//     identical in-flight ranges are shared.
+//
+// Counters and latencies are Prometheus collectors on a [Metrics] value the caller registers;
+// the package registers nothing globally. Credentials never appear in logs or errors, and
+// URL query strings (which carry signatures of redirect targets) are dropped from both.
+//
+// remote knows nothing of FUSE, snapshots or containerd's content store.
+package remote

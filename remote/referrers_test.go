@@ -1,0 +1,96 @@
+package remote
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func TestParseReferrersFilters(t *testing.T) {
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/vnd.rill.streaming.v1", Digest: digest.FromString("a"), Size: 10},
+		{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/vnd.example.sbom", Digest: digest.FromString("b"), Size: 10},
+		{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/vnd.rill.streaming.v1", Digest: "sha256:nothex", Size: 10},
+	}}
+	idx.SchemaVersion = 2
+	b, _ := json.Marshal(idx)
+	got, err := ParseReferrers(b, "application/vnd.rill.streaming.v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Digest != digest.FromString("a") {
+		t.Fatalf("got %v, want only the valid streaming artifact", got)
+	}
+	all, err := ParseReferrers(b, "")
+	if err != nil || len(all) != 2 {
+		t.Fatalf("unfiltered: %v, %v", all, err)
+	}
+	if _, err := ParseReferrers([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`), ""); err == nil {
+		t.Fatal("a manifest accepted as a referrers index")
+	}
+}
+
+func TestFallbackTag(t *testing.T) {
+	d := digest.FromString("x")
+	if got, want := FallbackTag(d), "sha256-"+d.Encoded(); got != want {
+		t.Fatalf("FallbackTag = %s, want %s", got, want)
+	}
+}
+
+func FuzzParseReferrers(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"t","digest":"sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae","size":3}]}`), "t")
+	f.Add([]byte(`{"schemaVersion":2,"manifests":null}`), "")
+	f.Add([]byte(`[]`), "t")
+	f.Fuzz(func(t *testing.T, b []byte, artifactType string) {
+		descs, err := ParseReferrers(b, artifactType)
+		if err != nil {
+			return
+		}
+		for _, d := range descs {
+			if d.Digest.Validate() != nil || d.Size <= 0 {
+				t.Fatalf("invalid descriptor returned: %+v", d)
+			}
+			if artifactType != "" && d.ArtifactType != artifactType {
+				t.Fatalf("artifactType %q returned for filter %q", d.ArtifactType, artifactType)
+			}
+		}
+	})
+}
+
+// TestReferrersPagination follows the Link header of a paginated referrers API.
+func TestReferrersPagination(t *testing.T) {
+	subject := digest.FromString("subject")
+	page := func(d digest.Digest) []byte {
+		idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+			{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: streamingType, Digest: d, Size: 100},
+		}}
+		idx.SchemaVersion = 2
+		b, _ := json.Marshal(idx)
+		return b
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v2/app/referrers/"+subject.String(), func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+		if r.URL.Query().Get("last") == "" {
+			w.Header().Set("Link", `</v2/app/referrers/`+subject.String()+`?last=1>; rel="next"`)
+			w.Write(page(digest.FromString("one")))
+			return
+		}
+		w.Write(page(digest.FromString("two")))
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	r := testRegistry(t)
+	got, err := r.Referrers(testCtx(t), strings.TrimPrefix(srv.URL, "http://")+"/app", subject, streamingType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Digest != digest.FromString("one") || got[1].Digest != digest.FromString("two") {
+		t.Fatalf("referrers = %+v, want both pages in order", got)
+	}
+}
