@@ -64,7 +64,7 @@ func mountEntries(t *testing.T, entries []testlayer.Entry, chunkSize int) *strea
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
+		if err := m.Unmount(context.Background()); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
 	})

@@ -473,3 +473,26 @@ func (n *Node) GoMode() os.FileMode {
 	}
 	return m
 }
+
+// DropWhiteouts removes the whiteouts of a layer that has no layer below it: they delete
+// nothing there, and overlayfs would list them in directories it does not merge (as entries
+// that cannot be opened). containerd's extraction of a first layer drops them the same way.
+func (idx *Index) DropWhiteouts() {
+	var walk func(n *Node)
+	walk = func(n *Node) {
+		names := n.Names[:0]
+		for _, name := range n.Names {
+			c := n.Children[name]
+			if c.Kind == KindWhiteout {
+				delete(n.Children, name)
+				continue
+			}
+			names = append(names, name)
+			if c.Kind == KindDir {
+				walk(c)
+			}
+		}
+		n.Names = names
+	}
+	walk(idx.Root)
+}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"syscall"
@@ -10,6 +11,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 // MountOptions configure a mounted layer. Zero values choose the defaults.
@@ -34,6 +36,9 @@ type layerFS struct {
 	readTimeout time.Duration
 	metrics     *Metrics
 	log         *logrus.Entry
+	// bytes and files of the layer, for statfs.
+	bytes int64
+	files int
 }
 
 // Mounted is a layer served through FUSE.
@@ -58,6 +63,8 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		readTimeout: opts.ReadTimeout,
 		metrics:     opts.Metrics,
 		log:         opts.Log.WithField("mountpoint", mountpoint),
+		bytes:       idx.Bytes,
+		files:       idx.Files,
 	}
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
 	timeout := cacheForever
@@ -119,12 +126,31 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 	walk(&root.Inode, root.n)
 }
 
-// Unmount stops serving and detaches the mount.
-func (m *Mounted) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
+// Unmount unmounts the layer and stops serving it. A layer still referenced — an overlay mount
+// of a running container holds it even once it is gone from the mount table — is served until
+// its last user lets go; Unmount waits for that until ctx ends, then reports it.
+func (m *Mounted) Unmount(ctx context.Context) error {
+	err := unix.Unmount(m.mountpoint, 0)
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.EBUSY):
+		if err := unix.Unmount(m.mountpoint, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("detach busy layer %s: %w", m.mountpoint, err)
+		}
+		return fmt.Errorf("layer %s is in use: detached, served until its last user lets go", m.mountpoint)
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT):
+		// Not mounted any more (unmounted from outside): the server stops by itself.
+	default:
 		return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
 	}
-	return nil
+	stopped := make(chan struct{})
+	go func() { m.server.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go", m.mountpoint)
+	}
 }
 
 // Wait blocks until the filesystem is unmounted.

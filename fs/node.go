@@ -25,6 +25,7 @@ var (
 	_ gofs.NodeGetattrer   = (*node)(nil)
 	_ gofs.NodeGetxattrer  = (*node)(nil)
 	_ gofs.NodeListxattrer = (*node)(nil)
+	_ gofs.NodeStatfser    = (*node)(nil)
 )
 
 // fileNode is a regular file: reads go through the layer's chunk reader.
@@ -42,6 +43,18 @@ var _ gofs.NodeReadlinker = (*symlinkNode)(nil)
 
 func (nd *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	fillAttr(nd.n, nd.ino, &out.Attr)
+	return gofs.OK
+}
+
+// Statfs describes the layer as a read-only filesystem. overlayfs takes the longest name it
+// accepts from its layers' f_namelen: zero would make every lookup fail with ENAMETOOLONG.
+func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	const blockSize = 4096
+	out.Bsize = blockSize
+	out.Frsize = blockSize
+	out.NameLen = maxNameLength
+	out.Blocks = uint64(nd.layer.bytes+blockSize-1) / blockSize
+	out.Files = uint64(nd.layer.files)
 	return gofs.OK
 }
 

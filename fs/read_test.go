@@ -64,7 +64,7 @@ func mountBlob(t *testing.T, blobData []byte, tocDigest string, blob interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Unmount() })
+	t.Cleanup(func() { m.Unmount(context.Background()) })
 	return mnt
 }
 

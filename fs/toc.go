@@ -55,40 +55,64 @@ type TOC struct {
 // against want, the digest recorded in the image (annotation
 // containerd.io/snapshot/stargz/toc.digest).
 func LoadTOC(ctx context.Context, blob io.ReaderAt, blobSize int64, want digest.Digest, limits Limits) (*TOC, error) {
+	toc, _, err := LoadTOCJSON(ctx, blob, blobSize, want, limits)
+	return toc, err
+}
+
+// LoadTOCJSON is LoadTOC that also returns the TOC JSON, to keep it on disk: ParseTOC reads it
+// back without the network.
+func LoadTOCJSON(ctx context.Context, blob io.ReaderAt, blobSize int64, want digest.Digest, limits Limits) (*TOC, []byte, error) {
 	limits = limits.withDefaults()
 	if err := want.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: TOC digest %q: %v", ErrInvalidTOC, want, err)
+		return nil, nil, fmt.Errorf("%w: TOC digest %q: %v", ErrInvalidTOC, want, err)
 	}
 	gz := new(estargz.GzipDecompressor)
 	footerSize := gz.FooterSize()
 	if blobSize < footerSize {
-		return nil, fmt.Errorf("%w: blob of %d bytes is smaller than an eStargz footer", ErrInvalidTOC, blobSize)
+		return nil, nil, fmt.Errorf("%w: blob of %d bytes is smaller than an eStargz footer", ErrInvalidTOC, blobSize)
 	}
 	footer := make([]byte, footerSize)
 	if _, err := readFull(ctx, blob, footer, blobSize-footerSize); err != nil {
-		return nil, fmt.Errorf("read footer: %w", err)
+		return nil, nil, fmt.Errorf("read footer: %w", err)
 	}
 	_, tocOffset, _, err := gz.ParseFooter(footer)
 	if err != nil {
-		return nil, fmt.Errorf("%w: footer: %v", ErrInvalidTOC, err)
+		return nil, nil, fmt.Errorf("%w: footer: %v", ErrInvalidTOC, err)
 	}
 	tocEnd := blobSize - footerSize
 	if tocOffset < 0 || tocOffset >= tocEnd {
-		return nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
+		return nil, nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
 	}
 	if tocEnd-tocOffset > limits.MaxTOCBytes {
-		return nil, fmt.Errorf("%w: TOC of %d bytes is larger than the limit of %d", ErrInvalidTOC, tocEnd-tocOffset, limits.MaxTOCBytes)
+		return nil, nil, fmt.Errorf("%w: TOC of %d bytes is larger than the limit of %d", ErrInvalidTOC, tocEnd-tocOffset, limits.MaxTOCBytes)
 	}
 	compressed := make([]byte, tocEnd-tocOffset)
 	if _, err := readFull(ctx, blob, compressed, tocOffset); err != nil {
-		return nil, fmt.Errorf("read TOC: %w", err)
+		return nil, nil, fmt.Errorf("read TOC: %w", err)
 	}
 	tocJSON, err := decompressTOC(compressed, limits.MaxTOCBytes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
+	}
+	toc, err := ParseTOC(tocJSON, tocOffset, blobSize, want, limits)
+	if err != nil {
+		return nil, nil, err
+	}
+	return toc, tocJSON, nil
+}
+
+// ParseTOC checks TOC JSON against its digest and decodes it; tocOffset and blobSize are the
+// TOC member's offset and the blob's size, as LoadTOCJSON found them.
+func ParseTOC(tocJSON []byte, tocOffset, blobSize int64, want digest.Digest, limits Limits) (*TOC, error) {
+	limits = limits.withDefaults()
+	if int64(len(tocJSON)) > limits.MaxTOCBytes {
+		return nil, fmt.Errorf("%w: TOC JSON of %d bytes is larger than the limit of %d", ErrInvalidTOC, len(tocJSON), limits.MaxTOCBytes)
 	}
 	if got := digest.FromBytes(tocJSON); got != want {
 		return nil, fmt.Errorf("%w: TOC digest is %s, the image records %s", ErrInvalidTOC, got, want)
+	}
+	if tocOffset <= 0 || tocOffset >= blobSize {
+		return nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
 	}
 	var jtoc estargz.JTOC
 	if err := json.Unmarshal(tocJSON, &jtoc); err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
@@ -24,6 +25,14 @@ func (s *Snapshotter) cleanup(ctx context.Context) error {
 	}
 	var firstErr error
 	for _, dir := range orphans {
+		if m := s.remote.take(filepath.Base(dir)); m != nil {
+			uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := m.Unmount(uctx)
+			cancel()
+			if err != nil {
+				log.G(ctx).WithError(err).WithField("path", dir).Warn("unmount streamed layer; detaching it")
+			}
+		}
 		if err := removeSnapshotDir(dir); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("cannot remove snapshot directory; next cleanup retries")
 			if firstErr == nil {

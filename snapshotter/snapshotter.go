@@ -11,6 +11,9 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"github.com/containerd/log"
+	rillfs "github.com/rillstream/rill/fs"
+	"github.com/sirupsen/logrus"
 )
 
 // Opt changes one setting of the snapshotter.
@@ -19,6 +22,10 @@ type Opt func(*settings)
 type settings struct {
 	asyncRemove  bool
 	mountOptions []string
+	resolver     Resolver
+	tocLimits    rillfs.Limits
+	fsMount      rillfs.MountOptions
+	metrics      *Metrics
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -39,6 +46,13 @@ type Snapshotter struct {
 	ms          *storage.MetaStore
 	overlay     snapshots.Snapshotter
 	asyncRemove bool
+
+	// Streaming; resolver is nil when it is off.
+	resolver  Resolver
+	remote    *remoteLayers
+	tocLimits rillfs.Limits
+	fsMount   rillfs.MountOptions
+	metrics   *Metrics
 }
 
 var (
@@ -73,7 +87,23 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		ms.Close()
 		return nil, fmt.Errorf("overlay snapshotter on %s: %w", root, err)
 	}
-	return &Snapshotter{root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove}, nil
+	if set.metrics == nil {
+		set.metrics = NewMetrics()
+	}
+	sn := &Snapshotter{
+		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
+		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*rillfs.Mounted{}},
+		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics,
+	}
+	if sn.resolver != nil {
+		sn.restore(ctx)
+	}
+	return sn, nil
+}
+
+// WithMetrics sets the collectors the snapshotter counts its decisions in.
+func WithMetrics(m *Metrics) Opt {
+	return func(s *settings) { s.metrics = m }
 }
 
 // Root is the directory the snapshotter keeps its state in.
@@ -99,9 +129,41 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	return s.overlay.Mounts(ctx, key)
 }
 
-// Prepare creates an active snapshot on top of parent.
+// Prepare creates an active snapshot on top of parent. When containerd prepares it to unpack
+// an image layer that streams, the layer is mounted and committed under its target instead,
+// and Prepare answers AlreadyExists: containerd then skips the download. Any failure on that
+// path falls back to the ordinary snapshot, into which containerd pulls the layer.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	return s.overlay.Prepare(ctx, key, parent, opts...)
+	mounts, err := s.overlay.Prepare(ctx, key, parent, opts...)
+	if err != nil || s.resolver == nil {
+		return mounts, err
+	}
+	var info snapshots.Info
+	for _, o := range opts {
+		if err := o(&info); err != nil {
+			return mounts, nil
+		}
+	}
+	layer, ok, err := ParseLayerLabels(info.Labels)
+	if !ok && err == nil {
+		return mounts, nil // not an image layer: nothing to decide
+	}
+	entry := log.G(ctx).WithField("key", key)
+	if err != nil {
+		s.metrics.decision("fallback", "bad-labels")
+		entry.WithError(err).Warn("layer pulled in full: unreadable labels")
+		return mounts, nil
+	}
+	entry = entry.WithFields(logrus.Fields{"ref": layer.ImageRef, "layer": layer.Layer.String()})
+	reason, err := s.prepareStreamed(ctx, key, parent, layer, opts)
+	if err != nil {
+		s.metrics.decision("fallback", reason)
+		entry.WithError(err).WithField("reason", reason).Info("layer pulled in full")
+		return mounts, nil
+	}
+	s.metrics.decision("stream", reason)
+	entry.WithField("reason", reason).Info("layer streamed")
+	return nil, alreadyStreamed(layer.Target)
 }
 
 // View creates a read-only view of parent.
@@ -139,8 +201,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	return s.cleanup(ctx)
 }
 
-// Close closes the metastore. Closing twice is harmless.
+// Close unmounts the streamed layers and closes the metastore. Closing twice is harmless.
 func (s *Snapshotter) Close() error {
+	s.unmountAll()
 	err := s.overlay.Close()
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("close metadata store: %w", err)

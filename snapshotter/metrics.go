@@ -1,0 +1,30 @@
+package snapshotter
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the snapshotter's collectors; the daemon registers them.
+type Metrics struct {
+	decisions *prometheus.CounterVec
+	restores  *prometheus.CounterVec
+}
+
+// NewMetrics creates the collectors.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rill_layer_decisions_total",
+			Help: "Image layers prepared, by result (stream or fallback to a full pull) and reason.",
+		}, []string{"result", "reason"}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rill_layer_restores_total",
+			Help: "Streamed layers mounted again at start, by result (ok, degraded, failed).",
+		}, []string{"result"}),
+	}
+}
+
+// Collectors returns the collectors to register.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.decisions, m.restores}
+}
+
+func (m *Metrics) decision(result, reason string) { m.decisions.WithLabelValues(result, reason).Inc() }

@@ -1,0 +1,255 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	rillfs "github.com/rillstream/rill/fs"
+)
+
+// Labels rill sets on the committed snapshot of a streamed layer.
+const (
+	// labelRemote marks a committed snapshot whose directory is a FUSE mount of a streamed
+	// layer; its value is the digest of the streamed blob. Restore remounts these at start.
+	labelRemote = "dev.rill.remote.blob"
+)
+
+// Blob is a layer blob in the registry, read by range.
+type Blob interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// RemoteLayer is a layer the resolver decided to stream.
+type RemoteLayer struct {
+	// Ref is the reference the blob is fetched through (repository and tag or digest).
+	Ref string
+	// Desc is the streamed blob: an eStargz layer (the pulled layer itself, or its
+	// counterpart in a streaming artifact).
+	Desc ocispec.Descriptor
+	// TOCDigest is the digest of the blob's TOC, from the image's manifest.
+	TOCDigest digest.Digest
+	// Reason says why the layer streams ("estargz", "bound-artifact", "referrer").
+	Reason string
+	// Blob reads Desc's bytes.
+	Blob Blob
+}
+
+// NotStreamableError says why a layer is pulled in full.
+type NotStreamableError struct{ Reason string }
+
+func (e *NotStreamableError) Error() string { return "not streamable: " + e.Reason }
+
+// NotStreamable returns the error a Resolver returns for a layer that is pulled in full.
+func NotStreamable(reason string) error { return &NotStreamableError{Reason: reason} }
+
+// Resolver decides which layers stream and opens their blobs. The daemon builds it on remote/.
+type Resolver interface {
+	// Resolve decides whether the layer named by l streams. A layer that is pulled in full
+	// gets an error made by NotStreamable; any other error also means a full pull.
+	Resolve(ctx context.Context, l LayerLabels) (RemoteLayer, error)
+	// OpenBlob opens a blob for reading without touching the network until the first read
+	// (restore must not wait for the registry).
+	OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor) (Blob, error)
+}
+
+// WithResolver turns streaming on: layers the resolver accepts are mounted through FUSE
+// instead of being pulled.
+func WithResolver(r Resolver) Opt {
+	return func(s *settings) { s.resolver = r }
+}
+
+// WithFSOptions configures the FUSE filesystems of streamed layers.
+func WithFSOptions(limits rillfs.Limits, mount rillfs.MountOptions) Opt {
+	return func(s *settings) { s.tocLimits, s.fsMount = limits, mount }
+}
+
+// remoteLayers tracks the FUSE mounts of streamed layers by snapshot id.
+type remoteLayers struct {
+	mu     sync.Mutex
+	mounts map[string]*rillfs.Mounted
+}
+
+func (r *remoteLayers) add(id string, m *rillfs.Mounted) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mounts[id] = m
+}
+
+func (r *remoteLayers) take(id string) *rillfs.Mounted {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.mounts[id]
+	delete(r.mounts, id)
+	return m
+}
+
+func (r *remoteLayers) all() map[string]*rillfs.Mounted {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	all := r.mounts
+	r.mounts = map[string]*rillfs.Mounted{}
+	return all
+}
+
+// closeUnmountWait bounds how long shutdown waits for each streamed layer's server to stop.
+const closeUnmountWait = time.Second
+
+// unmountAll unmounts every streamed layer, concurrently: at shutdown, layers still used by
+// running containers are served until the process exits.
+func (s *Snapshotter) unmountAll() {
+	var wg sync.WaitGroup
+	for id, m := range s.remote.all() {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
+			defer cancel()
+			if err := m.Unmount(ctx); err != nil {
+				log.L.WithError(err).WithField("id", id).Warn("unmount streamed layer")
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// layerRecord is what a streamed layer keeps on disk beside its mountpoint, so it can be
+// mounted again after a restart without the network.
+type layerRecord struct {
+	Ref       string             `json:"ref"`
+	Desc      ocispec.Descriptor `json:"desc"`
+	TOCDigest digest.Digest      `json:"tocDigest"`
+	TOCOffset int64              `json:"tocOffset"`
+	Reason    string             `json:"reason"`
+	// Bottom is set for a layer without a parent: its whiteouts are dropped.
+	Bottom  bool      `json:"bottom,omitempty"`
+	Mounted time.Time `json:"mounted"`
+}
+
+const (
+	recordFile = "layer.json"
+	tocFile    = "toc.json"
+)
+
+// prepareStreamed tries to stream the layer that the active snapshot key will hold. It returns
+// an AlreadyExists error when the layer is streamed (committed under its target), or the
+// reason it is pulled in full.
+func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l LayerLabels, opts []snapshots.Opt) (reason string, err error) {
+	layer, err := s.resolver.Resolve(ctx, l)
+	if err != nil {
+		var ns *NotStreamableError
+		if errors.As(err, &ns) {
+			return ns.Reason, err
+		}
+		return "resolve-error", err
+	}
+	id, err := s.snapshotID(ctx, key)
+	if err != nil {
+		return "internal-error", err
+	}
+	dir := filepath.Join(s.snapshotsDir(), id)
+	toc, tocJSON, err := rillfs.LoadTOCJSON(ctx, layer.Blob, layer.Desc.Size, layer.TOCDigest, s.tocLimits)
+	if err != nil {
+		if errors.Is(err, rillfs.ErrInvalidTOC) {
+			return "toc-invalid", err
+		}
+		return "toc-fetch-error", err
+	}
+	idx, err := rillfs.NewIndex(toc)
+	if err != nil {
+		return "toc-invalid", err
+	}
+	bottom := parent == ""
+	if bottom {
+		idx.DropWhiteouts()
+	}
+	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Mounted: time.Now().UTC()}
+	if err := writeRecord(dir, rec, tocJSON); err != nil {
+		return "internal-error", err
+	}
+	m, err := rillfs.Mount(ctx, filepath.Join(dir, "fs"), idx, layer.Blob, s.mountOptions(layer))
+	if err != nil {
+		return "mount-error", err
+	}
+	labels := map[string]string{labelRemote: layer.Desc.Digest.String()}
+	commitErr := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		_, err := storage.CommitActive(ctx, key, l.Target, snapshots.Usage{Size: idx.Bytes, Inodes: int64(idx.Files)},
+			append(append([]snapshots.Opt{}, opts...), snapshots.WithLabels(labels))...)
+		return err
+	})
+	if commitErr != nil {
+		if err := m.Unmount(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("unmount after a failed commit")
+		}
+		return "commit-error", commitErr
+	}
+	s.remote.add(id, m)
+	return layer.Reason, nil
+}
+
+func (s *Snapshotter) mountOptions(layer RemoteLayer) rillfs.MountOptions {
+	o := s.fsMount
+	o.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
+	return o
+}
+
+func (s *Snapshotter) snapshotID(ctx context.Context, key string) (string, error) {
+	var id string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		id, _, _, err = storage.GetInfo(ctx, key)
+		return err
+	})
+	return id, err
+}
+
+func writeRecord(dir string, rec layerRecord, tocJSON []byte) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode layer record: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, tocFile), tocJSON); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, recordFile), data)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// alreadyStreamed is the answer to containerd for a streamed layer: the target exists, so
+// containerd skips the download.
+func alreadyStreamed(target string) error {
+	return fmt.Errorf("target snapshot %q: streamed: %w", target, errdefs.ErrAlreadyExists)
+}

@@ -1,0 +1,327 @@
+package snapshotter
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rillstream/rill/convert"
+	rillfs "github.com/rillstream/rill/fs"
+	"github.com/rillstream/rill/internal/testlayer"
+)
+
+// localBlob is a layer blob held in memory.
+type localBlob struct{ *bytes.Reader }
+
+func (b localBlob) Size() int64 { return b.Reader.Size() }
+
+// localResolver streams the layers it has converted, and refuses the rest.
+type localResolver struct {
+	layers map[digest.Digest]localLayer // by original layer digest
+	// badTOC makes it announce a wrong TOC digest.
+	badTOC bool
+}
+
+type localLayer struct {
+	tar  []byte
+	blob []byte
+	conv convert.Layer
+}
+
+func (r *localResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLayer, error) {
+	layer, ok := r.layers[l.Layer]
+	if !ok {
+		return RemoteLayer{}, NotStreamable("no-artifact")
+	}
+	toc := layer.conv.TOCDigest
+	if r.badTOC {
+		toc = digest.FromString("not the TOC")
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: layer.conv.Digest, Size: layer.conv.Size}
+	return RemoteLayer{Ref: l.ImageRef, Desc: desc, TOCDigest: toc, Reason: "estargz", Blob: localBlob{bytes.NewReader(layer.blob)}}, nil
+}
+
+func (r *localResolver) OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor) (Blob, error) {
+	for _, l := range r.layers {
+		if l.conv.Digest == desc.Digest {
+			return localBlob{bytes.NewReader(l.blob)}, nil
+		}
+	}
+	return nil, errdefs.ErrNotFound
+}
+
+func newLocalResolver(t *testing.T, layers ...[]testlayer.Entry) (*localResolver, []digest.Digest) {
+	t.Helper()
+	r := &localResolver{layers: map[digest.Digest]localLayer{}}
+	var digests []digest.Digest
+	for _, entries := range layers {
+		tarBytes, err := testlayer.Tar(entries, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gz := testlayer.Gzip(tarBytes)
+		var blob bytes.Buffer
+		conv, err := convert.ConvertLayer(context.Background(), bytes.NewReader(gz), &blob, convert.LayerOptions{ChunkSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := digest.FromBytes(gz)
+		r.layers[d] = localLayer{tar: tarBytes, blob: blob.Bytes(), conv: conv}
+		digests = append(digests, d)
+	}
+	return r, digests
+}
+
+func unpackLabels(target string, layer digest.Digest, toc digest.Digest) snapshots.Opt {
+	return snapshots.WithLabels(map[string]string{
+		"containerd.io/snapshot.ref":                 target,
+		"containerd.io/snapshot/cri.image-ref":       "127.0.0.1:5000/app:v1",
+		"containerd.io/snapshot/cri.layer-digest":    layer.String(),
+		"containerd.io/snapshot/cri.manifest-digest": digest.FromString("manifest").String(),
+		"containerd.io/snapshot/stargz/toc.digest":   toc.String(),
+	})
+}
+
+// mountView mounts a read-only view of parent; release unmounts and removes it.
+func mountView(t *testing.T, ctx context.Context, sn snapshots.Snapshotter, key, parent string) (dir string, release func()) {
+	t.Helper()
+	mounts, err := sn.View(ctx, key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	if err := mount.All(mounts, dir); err != nil {
+		t.Fatalf("mount %+v: %v", mounts, err)
+	}
+	released := false
+	release = func() {
+		if released {
+			return
+		}
+		released = true
+		if err := mount.UnmountAll(dir, 0); err != nil {
+			t.Errorf("unmount view: %v", err)
+		}
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Errorf("remove view: %v", err)
+		}
+	}
+	t.Cleanup(release)
+	return dir, release
+}
+
+func extract(t *testing.T, tars ...[]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, b := range tars {
+		if _, err := archive.Apply(context.Background(), dir, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func mountsUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Mountpoint)
+	}
+	return out
+}
+
+// Layers that stream are mounted and committed under their target from Prepare, which answers
+// AlreadyExists; an image of two streamed layers then reads exactly like the extracted layers,
+// also after a restart; removing the snapshots unmounts and deletes them.
+func TestStreamedLayersLifecycle(t *testing.T) {
+	requireRoot(t)
+	lower := testlayer.EveryKind()
+	upper := []testlayer.Entry{
+		testlayer.Reg("etc/hostname", []byte("replaced above\n"), 0o644),
+		testlayer.Reg("etc/.wh.empty", nil, 0o600),
+		testlayer.Dir("opaque/", 0o755),
+		testlayer.Reg("opaque/.wh..wh..opq", nil, 0o600),
+		testlayer.Reg("opaque/new", []byte("new\n"), 0o644),
+	}
+	resolver, digests := newLocalResolver(t, lower, upper)
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	metrics := NewMetrics()
+	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithFSOptions(rillfs.Limits{}, rillfs.MountOptions{Debug: os.Getenv("RILL_FUSE_DEBUG") != ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			sn.Close()
+		}
+	})
+
+	for i, d := range digests {
+		parent := ""
+		if i > 0 {
+			parent = "chain-0"
+		}
+		target := []string{"chain-0", "chain-1"}[i]
+		_, err := sn.Prepare(ctx, "extract-"+target, parent, unpackLabels(target, d, resolver.layers[d].conv.TOCDigest))
+		if !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("Prepare of a streamable layer: %v, want AlreadyExists", err)
+		}
+		info, err := sn.Stat(ctx, target)
+		if err != nil || info.Kind != snapshots.KindCommitted || info.Parent != parent {
+			t.Fatalf("target %s after streaming: %+v, %v", target, info, err)
+		}
+		if _, err := sn.Stat(ctx, "extract-"+target); !errdefs.IsNotFound(err) {
+			t.Fatalf("the active snapshot of a streamed layer remains: %v", err)
+		}
+	}
+	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("stream", "estargz")); got != 2 {
+		t.Fatalf("stream decisions counted: %v", got)
+	}
+
+	want := extract(t, resolver.layers[digests[0]].tar, resolver.layers[digests[1]].tar)
+	view, release := mountView(t, ctx, sn, "view-1", "chain-1")
+	compareDirs(t, want, view)
+	release()
+
+	// Restart: the layers come back from disk.
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	if m := mountsUnder(t, root); len(m) != 0 {
+		t.Fatalf("mounts left after Close: %v", m)
+	}
+	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed = false
+	if got := testutil.ToFloat64(metrics.restores.WithLabelValues("ok")); got != 2 {
+		t.Fatalf("restored layers: %v", got)
+	}
+	view, release = mountView(t, ctx, sn, "view-2", "chain-1")
+	compareDirs(t, want, view)
+	release()
+
+	// Removal: unmounted and deleted.
+	for _, key := range []string{"chain-1", "chain-0"} {
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m := mountsUnder(t, filepath.Join(root, "snapshots")); len(m) != 0 {
+		t.Fatalf("mounts left after removing the streamed layers: %v", m)
+	}
+}
+
+// Every failure on the streaming path gives containerd an ordinary snapshot to pull into.
+func TestStreamingFailsOpen(t *testing.T) {
+	requireRoot(t)
+	resolver, digests := newLocalResolver(t, []testlayer.Entry{testlayer.Reg("a", []byte("a\n"), 0o644)})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	cases := []struct {
+		name   string
+		setup  func()
+		layer  digest.Digest
+		reason string
+	}{
+		{"no artifact for the layer", func() {}, digest.FromString("other layer"), "no-artifact"},
+		{"TOC does not match the image's digest", func() { resolver.badTOC = true }, digests[0], "toc-invalid"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.setup()
+			metrics := NewMetrics()
+			sn, err := NewSnapshotter(ctx, t.TempDir(), WithResolver(resolver), WithMetrics(metrics))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sn.Close()
+			mounts, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", c.layer, resolver.layers[digests[0]].conv.TOCDigest))
+			if err != nil || len(mounts) == 0 {
+				t.Fatalf("Prepare: %v, %v; want ordinary mounts", mounts, err)
+			}
+			if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("fallback", c.reason)); got != 1 {
+				t.Fatalf("fallback %q counted %v times", c.reason, got)
+			}
+			// containerd pulls into it and commits.
+			if err := sn.Commit(ctx, "chain", "extract"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func compareDirs(t *testing.T, want, got string) {
+	t.Helper()
+	describe := func(root string) map[string]string {
+		out := map[string]string{}
+		walkErr := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			if rel == "." {
+				return nil
+			}
+			d := fi.Mode().String()
+			if fi.Mode().IsRegular() {
+				b, err := os.ReadFile(p)
+				if err != nil {
+					d += " read error " + err.Error()
+				} else {
+					d += " " + digest.FromBytes(b).String()
+				}
+			}
+			if fi.Mode()&os.ModeSymlink != 0 {
+				target, _ := os.Readlink(p)
+				d += " -> " + target
+			}
+			out[rel] = d
+			return nil
+		})
+		if walkErr != nil {
+			t.Fatalf("walk %s: %v", root, walkErr)
+		}
+		return out
+	}
+	w, g := describe(want), describe(got)
+	var diffs []string
+	for p, d := range w {
+		if g[p] != d {
+			diffs = append(diffs, p+": want "+d+", got "+g[p])
+		}
+	}
+	for p, d := range g {
+		if _, ok := w[p]; !ok {
+			diffs = append(diffs, p+": unexpected "+d)
+		}
+	}
+	if len(diffs) > 0 {
+		t.Fatalf("the streamed image differs from the extracted layers:\n%s", strings.Join(diffs, "\n"))
+	}
+	if len(w) < 5 {
+		t.Fatalf("compared only %d paths", len(w))
+	}
+}

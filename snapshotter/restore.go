@@ -1,0 +1,110 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
+	rillfs "github.com/rillstream/rill/fs"
+	"golang.org/x/sys/unix"
+)
+
+// restore mounts again every streamed layer committed before the daemon stopped, from what it
+// kept on disk (the TOC and the layer record), without the network. A layer that cannot be
+// restored is logged and counted, and its snapshot stays (reads of it fail); it never keeps
+// the daemon from starting.
+func (s *Snapshotter) restore(ctx context.Context) {
+	type streamed struct{ id, name string }
+	var layers []streamed
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if info.Kind != snapshots.KindCommitted || info.Labels[labelRemote] == "" {
+				return nil
+			}
+			id, _, _, err := storage.GetInfo(ctx, info.Name)
+			if err != nil {
+				return err
+			}
+			layers = append(layers, streamed{id: id, name: info.Name})
+			return nil
+		})
+	})
+	if err != nil && !errdefs.IsNotFound(err) { // NotFound: a new metastore
+		log.G(ctx).WithError(err).Error("cannot list streamed layers to restore")
+		return
+	}
+	for _, l := range layers {
+		entry := log.G(ctx).WithField("snapshot", l.name).WithField("id", l.id)
+		if err := s.restoreLayer(ctx, l.id); err != nil {
+			s.metrics.restores.WithLabelValues("failed").Inc()
+			entry.WithError(err).Error("streamed layer not restored: reads of it fail until its image is pulled again")
+			continue
+		}
+		s.metrics.restores.WithLabelValues("ok").Inc()
+		entry.Info("streamed layer restored")
+	}
+}
+
+func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
+	dir := filepath.Join(s.snapshotsDir(), id)
+	data, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		return fmt.Errorf("read layer record: %w", err)
+	}
+	var rec layerRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return fmt.Errorf("decode layer record: %w", err)
+	}
+	tocJSON, err := os.ReadFile(filepath.Join(dir, tocFile))
+	if err != nil {
+		return fmt.Errorf("read TOC: %w", err)
+	}
+	toc, err := rillfs.ParseTOC(tocJSON, rec.TOCOffset, rec.Desc.Size, rec.TOCDigest, s.tocLimits)
+	if err != nil {
+		return err
+	}
+	idx, err := rillfs.NewIndex(toc)
+	if err != nil {
+		return err
+	}
+	if rec.Bottom {
+		idx.DropWhiteouts()
+	}
+	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
+	if err != nil {
+		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
+	}
+	mountpoint := filepath.Join(dir, "fs")
+	if err := unmountStale(mountpoint); err != nil {
+		return err
+	}
+	m, err := rillfs.Mount(ctx, mountpoint, idx, blob, s.mountOptions(RemoteLayer{Ref: rec.Ref, Desc: rec.Desc}))
+	if err != nil {
+		return err
+	}
+	s.remote.add(id, m)
+	return nil
+}
+
+// unmountStale detaches a FUSE mount left by a daemon that died without unmounting (its
+// connection is gone: every access fails with ENOTCONN).
+func unmountStale(mountpoint string) error {
+	mounted, err := mountinfo.Mounted(mountpoint)
+	if err != nil && !errors.Is(err, unix.ENOTCONN) {
+		return fmt.Errorf("check mount %s: %w", mountpoint, err)
+	}
+	if mounted || errors.Is(err, unix.ENOTCONN) {
+		if err := unix.Unmount(mountpoint, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("unmount stale %s: %w", mountpoint, err)
+		}
+	}
+	return nil
+}
