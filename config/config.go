@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/containerd/platforms"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -33,6 +35,33 @@ type Config struct {
 	Log         Log         `toml:"log"`
 	Metrics     Metrics     `toml:"metrics"`
 	Snapshotter Snapshotter `toml:"snapshotter"`
+	Streaming   Streaming   `toml:"streaming"`
+}
+
+// Streaming configures which layers are streamed instead of pulled, and how.
+type Streaming struct {
+	// Enabled turns streaming on; off, every layer is pulled in full.
+	Enabled bool `toml:"enabled"`
+	// Platforms are the image platforms that stream (os/arch[/variant]); others are pulled.
+	Platforms []string `toml:"platforms"`
+	// Trust is "bound" (stream artifacts bound to the pulled tag) or "referrers" (also
+	// artifacts attached as referrers of the manifest in its repository).
+	Trust string `toml:"trust"`
+	// ReadTimeout bounds one read of a streamed file; past it the read fails (EIO).
+	ReadTimeout string `toml:"read_timeout"`
+	// MaxTOCBytes bounds a layer's TOC; a larger one is pulled in full.
+	MaxTOCBytes int64 `toml:"max_toc_bytes"`
+	// HostsDir is containerd's registry configuration (certs.d/<host>/hosts.toml).
+	HostsDir string `toml:"hosts_dir"`
+	// DockerConfig is the Docker config.json with registry credentials; empty means
+	// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+	DockerConfig string `toml:"docker_config"`
+}
+
+// ReadTimeoutDuration is ReadTimeout parsed (Validate has checked it).
+func (s Streaming) ReadTimeoutDuration() time.Duration {
+	d, _ := time.ParseDuration(s.ReadTimeout)
+	return d
 }
 
 // Log configures logging.
@@ -69,6 +98,14 @@ func Default() Config {
 		},
 		Snapshotter: Snapshotter{
 			AsyncRemove: true,
+		},
+		Streaming: Streaming{
+			Enabled:     true,
+			Platforms:   []string{"linux/amd64"},
+			Trust:       "bound",
+			ReadTimeout: "30s",
+			MaxTOCBytes: 64 << 20,
+			HostsDir:    "/etc/containerd/certs.d",
 		},
 	}
 }
@@ -154,6 +191,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("metrics.address: %q is not host:port: %w", c.Metrics.Address, err)
 		}
 	}
+	if err := c.Streaming.validate(); err != nil {
+		return err
+	}
 	for _, o := range c.Snapshotter.MountOptions {
 		name, _, _ := strings.Cut(o, "=")
 		switch name {
@@ -162,6 +202,30 @@ func (c Config) Validate() error {
 		case "":
 			return fmt.Errorf("snapshotter.mount_options: empty option")
 		}
+	}
+	return nil
+}
+
+func (s Streaming) validate() error {
+	for _, p := range s.Platforms {
+		if _, err := platforms.Parse(p); err != nil || p == "" {
+			return fmt.Errorf("streaming.platforms: %q is not os/arch[/variant]", p)
+		}
+	}
+	if s.Trust != "bound" && s.Trust != "referrers" {
+		return fmt.Errorf("streaming.trust: %q is not \"bound\" or \"referrers\"", s.Trust)
+	}
+	if d, err := time.ParseDuration(s.ReadTimeout); err != nil || d <= 0 {
+		return fmt.Errorf("streaming.read_timeout: %q is not a positive duration like \"30s\"", s.ReadTimeout)
+	}
+	if s.MaxTOCBytes < 4096 {
+		return fmt.Errorf("streaming.max_toc_bytes: %d is below 4096", s.MaxTOCBytes)
+	}
+	if s.HostsDir != "" && !filepath.IsAbs(s.HostsDir) {
+		return fmt.Errorf("streaming.hosts_dir: %q is not an absolute path", s.HostsDir)
+	}
+	if s.DockerConfig != "" && !filepath.IsAbs(s.DockerConfig) {
+		return fmt.Errorf("streaming.docker_config: %q is not an absolute path", s.DockerConfig)
 	}
 	return nil
 }

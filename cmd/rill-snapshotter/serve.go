@@ -28,10 +28,16 @@ const gracePeriod = 30 * time.Second
 func serve(ctx context.Context, cfg config.Config) error {
 	log := logrus.WithFields(logrus.Fields{"root": cfg.Root, "address": cfg.Address})
 
-	sn, err := snapshotter.NewSnapshotter(ctx, cfg.Root,
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts, err := streamingOptions(ctx, cfg.Streaming, reg)
+	if err != nil {
+		return err
+	}
+	sn, err := snapshotter.NewSnapshotter(ctx, cfg.Root, append(opts,
 		snapshotter.WithAsyncRemove(cfg.Snapshotter.AsyncRemove),
 		snapshotter.WithMountOptions(cfg.Snapshotter.MountOptions),
-	)
+	)...)
 	if err != nil {
 		return err
 	}
@@ -45,8 +51,6 @@ func serve(ctx context.Context, cfg config.Config) error {
 		log.WithError(err).Warn("startup cleanup incomplete")
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newGRPCMetrics(reg, version)
 
 	lis, err := listenUnix(ctx, cfg.Address)
