@@ -84,8 +84,20 @@ const hostsConfig = `server = "http://%[1]s"
   skip_verify = true
 `
 
+// writeHostsConfig writes certsDir/host/hosts.toml for a plain-HTTP registry on loopback.
+func writeHostsConfig(certsDir, host string) error {
+	dir := filepath.Join(certsDir, host)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), fmt.Appendf(nil, hostsConfig, host), 0o644); err != nil {
+		return fmt.Errorf("writing the hosts.toml of %s: %w", host, err)
+	}
+	return nil
+}
+
 // startContainerd writes the config under dir and starts containerd, logging into logDir.
-func startContainerd(ctx context.Context, dir, logDir, rillSocket, registryHost, sandboxImage string) (*Containerd, error) {
+func startContainerd(ctx context.Context, dir, logDir, rillSocket, certsDir, sandboxImage string) (*Containerd, error) {
 	bin, err := LookTool("containerd")
 	if err != nil {
 		return nil, err
@@ -96,20 +108,15 @@ func startContainerd(ctx context.Context, dir, logDir, rillSocket, registryHost,
 		config:  filepath.Join(dir, "config.toml"),
 		logPath: filepath.Join(logDir, "containerd.log"),
 	}
-	certsDir := filepath.Join(dir, "certs.d")
 	dirs := map[string]string{
 		"root": filepath.Join(dir, "root"), "state": filepath.Join(dir, "state"),
 		"opt": filepath.Join(dir, "opt"), "cni-bin": filepath.Join(dir, "cni", "bin"),
-		"cni-conf": filepath.Join(dir, "cni", "conf"), "hosts": filepath.Join(certsDir, registryHost),
+		"cni-conf": filepath.Join(dir, "cni", "conf"),
 	}
 	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("creating containerd's directories: %w", err)
 		}
-	}
-	hosts := fmt.Appendf(nil, hostsConfig, registryHost)
-	if err := os.WriteFile(filepath.Join(dirs["hosts"], "hosts.toml"), hosts, 0o644); err != nil {
-		return nil, fmt.Errorf("writing the registry's hosts.toml: %w", err)
 	}
 	config := fmt.Appendf(nil, containerdConfig, dirs["root"], dirs["state"], c.socket, c.socket+".ttrpc",
 		rillSocket, dirs["opt"], sandboxImage, certsDir, dirs["cni-bin"], dirs["cni-conf"])

@@ -29,6 +29,12 @@ type Env struct {
 	CRI          *CRI
 	Ctr          *Ctr
 	SandboxImage *PushedImage // the pause image pinned for pod sandboxes
+	// Proxy is a byte-counting proxy in front of the registry: pull through Proxy.Host() to
+	// measure what a node downloads.
+	Proxy *Proxy
+	// CertsDir is the certs.d directory (hosts.toml per registry host) that containerd and
+	// rill-snapshotter share.
+	CertsDir string
 
 	logDir string
 	logf   func(format string, args ...any)
@@ -103,8 +109,17 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if e.SandboxImage, err = Push(ctx, e.Registry.Host()+"/"+SandboxRepository, sandbox); err != nil {
 		return e, fmt.Errorf("pushing the pause image: %w", err)
 	}
+	if e.Proxy, err = startProxy(e.Registry.Host()); err != nil {
+		return e, err
+	}
+	e.CertsDir = filepath.Join(dir, "certs.d")
+	for _, host := range []string{e.Registry.Host(), e.Proxy.Host()} {
+		if err := writeHostsConfig(e.CertsDir, host); err != nil {
+			return e, err
+		}
+	}
 
-	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir); err != nil {
+	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir); err != nil {
 		return e, err
 	}
 	if err := e.Snapshotter.Start(ctx); err != nil {
@@ -113,7 +128,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	e.logf("rill-snapshotter serving %s (pid %d)", e.Snapshotter.Socket(), e.Snapshotter.Process().PID())
 
 	e.Containerd, err = startContainerd(ctx, filepath.Join(dir, "containerd"), e.logDir,
-		e.Snapshotter.Socket(), e.Registry.Host(), e.SandboxImage.Ref)
+		e.Snapshotter.Socket(), e.CertsDir, e.SandboxImage.Ref)
 	if err != nil {
 		return e, fmt.Errorf("starting containerd: %w", err)
 	}
@@ -192,6 +207,11 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 	if e.Snapshotter != nil {
 		if err := e.Snapshotter.Stop(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stopping rill-snapshotter: %w", err))
+		}
+	}
+	if e.Proxy != nil {
+		if err := e.Proxy.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the proxy: %w", err))
 		}
 	}
 	if e.Registry != nil {

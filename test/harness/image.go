@@ -51,7 +51,7 @@ func Push(ctx context.Context, ref string, spec ImageSpec) (*PushedImage, error)
 	}
 	pushed := &PushedImage{Ref: ref}
 	for _, l := range spec.Layers {
-		img, err = mutate.Append(img, mutate.Addendum{Layer: l.V1(), MediaType: types.OCILayer})
+		img, err = mutate.Append(img, mutate.Addendum{Layer: l.V1(), MediaType: types.OCILayer, Annotations: l.Annotations})
 		if err != nil {
 			return nil, fmt.Errorf("adding layer %s: %w", l.Path, err)
 		}

@@ -21,6 +21,8 @@ type Layer struct {
 	Digest v1.Hash `json:"digest"`
 	DiffID v1.Hash `json:"diffID"`
 	Size   int64   `json:"size"`
+	// Annotations of the layer's descriptor in the manifest (an eStargz layer's TOC digest).
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 var _ v1.Layer = layerAdapter{}

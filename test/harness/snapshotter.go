@@ -40,11 +40,14 @@ level = "debug"
 
 [snapshotter]
 async_remove = true
+
+[streaming]
+hosts_dir = %q
 `
 
 // newSnapshotter prepares (but does not start) rill-snapshotter bin with its config, root and
 // socket under dir and its log in logDir.
-func newSnapshotter(bin, dir, logDir string) (*Snapshotter, error) {
+func newSnapshotter(bin, dir, logDir, certsDir string) (*Snapshotter, error) {
 	s := &Snapshotter{
 		bin:     bin,
 		dir:     dir,
@@ -56,7 +59,7 @@ func newSnapshotter(bin, dir, logDir string) (*Snapshotter, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the snapshotter directory: %w", err)
 	}
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket), 0o644); err != nil {
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, certsDir), 0o644); err != nil {
 		return nil, fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return s, nil

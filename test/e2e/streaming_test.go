@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rillstream/rill/test/harness"
+	"github.com/rillstream/rill/test/images"
+)
+
+// labelRemote marks rill's committed snapshots of streamed layers.
+const labelRemote = "dev.rill.remote.blob"
+
+// testStreamedImage pulls an eStargz image through containerd and rill, through a proxy that
+// counts the registry's bytes: the pull fetches a small fraction of the image, a container that
+// reads a few files starts after fetching little more, and a container that reads every
+// packaged file sees exactly the original content.
+func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImage, smallRead []string, smallWant string) {
+	ctx := t.Context()
+	img, err := images.EStargz(ctx, original, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed, err := img.Push(ctx, env.Registry.Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pull and run through the counting proxy.
+	ref := env.Proxy.Host() + "/" + img.Repository
+	streamed := pushedImage{TestImage: img, PushedImage: &harness.PushedImage{
+		Ref: ref, ManifestDigest: pushed.ManifestDigest, ConfigDigest: pushed.ConfigDigest,
+		DiffIDs: pushed.DiffIDs, ChainIDs: pushed.ChainIDs, Size: pushed.Size,
+	}}
+	baseline, err := env.Snapshotter.DiskUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	env.Proxy.ResetCounters()
+	began := time.Now()
+	if _, err := env.CRI.Pull(ctx, ref); err != nil {
+		t.Fatalf("crictl pull %s: %v", ref, err)
+	}
+	pulled := env.Proxy.BytesDown()
+	t.Logf("pulled %s in %s: %s of %s from the registry", ref, time.Since(began).Round(time.Millisecond), mib(pulled), mib(pushed.Size))
+
+	infos, err := env.Snapshotter.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamedLayers := map[string]bool{}
+	for _, info := range infos {
+		if info.Labels[labelRemote] != "" {
+			streamedLayers[chainOf(info.Name)] = true
+		}
+	}
+	for i, chain := range pushed.ChainIDs {
+		if !streamedLayers[chain.String()] {
+			t.Errorf("layer %d (chain %s) was not streamed; rill's log says:\n%s", i, chain, grepLog(t, env, "layer "))
+		}
+	}
+	if pulled > pushed.Size/10 {
+		t.Errorf("the pull fetched %s of a %s image: more than a tenth", mib(pulled), mib(pushed.Size))
+	}
+
+	res, err := env.CRI.RunInPod(ctx, podName(streamed)+"-small", ref, smallRead, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := env.Proxy.BytesDown()
+	t.Logf("a container reading %v started and exited after %s in all from the registry", smallRead, mib(ran))
+	if res.ExitCode != 0 || res.Stdout != smallWant {
+		t.Errorf("%v in the streamed image: exit %d, stdout %q (want %q), stderr %q", smallRead, res.ExitCode, res.Stdout, smallWant, res.Stderr)
+	}
+	if ran > pushed.Size/4 {
+		t.Errorf("running %v fetched %s of a %s image: more than a quarter", smallRead, mib(ran), mib(pushed.Size))
+	}
+
+	// Every file of every package, read through rill, is the original.
+	stdout, stderr, err := env.Ctr.RunContainer(ctx, harness.CRINamespace, ref, podName(streamed)+"-all", img.Command...)
+	if err != nil {
+		t.Fatalf("ctr run %v: %v\n%s", img.Command, err, stderr)
+	}
+	assertStdout(t, streamed, stdout)
+	t.Logf("reading the whole image fetched %s in all (image %s)", mib(env.Proxy.BytesDown()), mib(pushed.Size))
+
+	if err := env.CRI.RemoveImage(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	assertSnapshotsGone(t, env, streamed)
+	assertDiskUsageBack(t, env, baseline, time.Minute)
+	mounts, err := harness.MountsUnder(env.Snapshotter.Root())
+	if err != nil || len(mounts) > 0 {
+		t.Errorf("mounts left under rill's root after the image was removed: %v (%v)", mounts, err)
+	}
+}
+
+// assertFellBack checks that rill logged the full-pull decision for an ordinary image, with
+// its reason.
+func assertFellBack(t *testing.T, env *harness.Env, reason string) {
+	t.Helper()
+	log := grepLog(t, env, "layer pulled in full")
+	if !strings.Contains(log, "reason="+reason) {
+		t.Errorf("rill did not log the full pull of an ordinary image with reason %s; its decisions:\n%s", reason, log)
+	}
+}
+
+func grepLog(t *testing.T, env *harness.Env, what string) string {
+	t.Helper()
+	data, err := os.ReadFile(env.Snapshotter.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, what) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// fileInLayers returns the content of path in the last layer that has it.
+func fileInLayers(t *testing.T, img *images.TestImage, path string) string {
+	t.Helper()
+	var content string
+	found := false
+	for _, l := range img.Spec.Layers {
+		r, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(r)
+		for {
+			h, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				r.Close()
+				t.Fatal(err)
+			}
+			if strings.TrimPrefix(h.Name, "./") == strings.TrimPrefix(path, "/") {
+				b, err := io.ReadAll(tr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				content, found = string(b), true
+			}
+		}
+		r.Close()
+	}
+	if !found {
+		t.Fatalf("%s is in no layer of %s", path, img.Repository)
+	}
+	return content
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
