@@ -15,8 +15,12 @@
 //   - Mount serves the index through FUSE. The layer is immutable, so the kernel may cache
 //     entries, attributes, negative lookups and pages for as long as it is mounted.
 //
-// Reads map to the file's chunks; a chunk is read from the blob (one range: its gzip
-// member), decompressed, and checked against its digest. A chunk that fails the check is
-// fetched once more; if it fails again the read gets EIO. Unverified bytes are never
-// returned.
+// Reads map to the file's chunks. A layer mounted with a cache (MountOptions.Cache, a
+// cache.Layer the caller owns) serves a chunk from the file's cached content when it holds
+// it; each open of a file holds its cache.File, keyed by the blob offset of the file's first
+// chunk, so nothing a reader uses is evicted under it. A chunk not cached is read from the
+// blob (one range: its gzip member), decompressed, checked against its digest, stored in the
+// cache and returned; concurrent reads of one missing chunk share one fetch. A chunk that
+// fails the check is fetched once more; if it fails again the read gets EIO. Unverified
+// bytes are never returned, nor stored; a failure of the cache only costs a fetch.
 package fs

@@ -4,18 +4,40 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the collectors of streamed layers; the daemon registers them.
 type Metrics struct {
-	fetchedBytes         prometheus.Counter
+	// fetchedBytes counts compressed bytes read from layer blobs, by why they were fetched:
+	// on_demand when a FUSE read needed them (prefetch and background fetch come later).
+	fetchedBytes *prometheus.CounterVec
+	// readBytes counts the bytes FUSE reads returned, by where they came from: the cache (a
+	// hit), or a chunk fetched from the blob and verified (a miss, or a handle without cache).
+	readBytes *prometheus.CounterVec
+	// cacheErrors counts cache operations that failed; the read was served all the same.
+	cacheErrors          *prometheus.CounterVec
 	verificationFailures prometheus.Counter
 	readErrors           prometheus.Counter
+
+	// Children of the vectors above, resolved once.
+	fetchedOnDemand  prometheus.Counter
+	hitBytes         prometheus.Counter
+	missBytes        prometheus.Counter
+	cacheOpenErrors  prometheus.Counter
+	cacheWriteErrors prometheus.Counter
 }
 
 // NewMetrics creates the collectors.
 func NewMetrics() *Metrics {
-	return &Metrics{
-		fetchedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+	m := &Metrics{
+		fetchedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_fs_fetched_bytes_total",
-			Help: "Compressed bytes of layer blobs fetched to serve reads.",
-		}),
+			Help: "Compressed bytes of layer blobs fetched, by kind (on_demand: to serve reads).",
+		}, []string{"kind"}),
+		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rill_fs_read_bytes_total",
+			Help: "Bytes returned to FUSE reads, by source: cache (a cache hit) or network (a chunk fetched from the blob and verified: a cache miss, or a file read without a cache).",
+		}, []string{"source"}),
+		cacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rill_fs_cache_errors_total",
+			Help: "Cache operations that failed, by operation (open: a file handle without cache; write: a verified chunk not stored). Reads are served from the network all the same.",
+		}, []string{"op"}),
 		verificationFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rill_fs_chunk_verification_failures_total",
 			Help: "Chunks whose bytes did not match their digest in the TOC (never served).",
@@ -25,9 +47,15 @@ func NewMetrics() *Metrics {
 			Help: "Reads answered with EIO.",
 		}),
 	}
+	m.fetchedOnDemand = m.fetchedBytes.WithLabelValues("on_demand")
+	m.hitBytes = m.readBytes.WithLabelValues("cache")
+	m.missBytes = m.readBytes.WithLabelValues("network")
+	m.cacheOpenErrors = m.cacheErrors.WithLabelValues("open")
+	m.cacheWriteErrors = m.cacheErrors.WithLabelValues("write")
+	return m
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.fetchedBytes, m.verificationFailures, m.readErrors}
+	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors}
 }

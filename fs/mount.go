@@ -10,6 +10,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/rillstream/rill/cache"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,12 @@ type MountOptions struct {
 	Log *logrus.Entry
 	// Debug logs every FUSE request.
 	Debug bool
+	// Cache holds the layer's cached file contents: reads are served from it where it has the
+	// bytes, and verified chunks fetched from the blob are stored in it. nil reads from the
+	// blob only. The caller owns the handle: it acquires it (Store.Layer), pins it while the
+	// layer is mounted (so that what it reads stays), and releases it once the layer is no
+	// longer served (Unmount returned nil, or Wait returned). Mount neither pins nor releases.
+	Cache *cache.Layer
 }
 
 // cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
@@ -33,6 +40,7 @@ const cacheForever = 365 * 24 * time.Hour
 // layerFS is what the nodes of one mounted layer share.
 type layerFS struct {
 	reader      *chunkReader
+	cache       *cache.Layer // nil: no cache
 	readTimeout time.Duration
 	metrics     *Metrics
 	log         *logrus.Entry
@@ -58,11 +66,13 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
+	log := opts.Log.WithField("mountpoint", mountpoint)
 	lfs := &layerFS{
-		reader:      &chunkReader{blob: blob, metrics: opts.Metrics},
+		reader:      &chunkReader{blob: blob, metrics: opts.Metrics, log: log},
+		cache:       opts.Cache,
 		readTimeout: opts.ReadTimeout,
 		metrics:     opts.Metrics,
-		log:         opts.Log.WithField("mountpoint", mountpoint),
+		log:         log,
 		bytes:       idx.Bytes,
 		files:       idx.Files,
 	}

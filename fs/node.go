@@ -9,7 +9,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/sirupsen/logrus"
 )
 
 // node is the FUSE side of every kind of Node: attributes and xattrs. Regular files and
@@ -28,13 +27,10 @@ var (
 	_ gofs.NodeStatfser    = (*node)(nil)
 )
 
-// fileNode is a regular file: reads go through the layer's chunk reader.
+// fileNode is a regular file. Each open gets a fileHandle, through which its reads go.
 type fileNode struct{ node }
 
-var (
-	_ gofs.NodeOpener = (*fileNode)(nil)
-	_ gofs.NodeReader = (*fileNode)(nil)
-)
+var _ gofs.NodeOpener = (*fileNode)(nil)
 
 // symlinkNode is a symbolic link.
 type symlinkNode struct{ node }
@@ -120,20 +116,13 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	h := openHandle(f)
+	// Passthrough goes here (next step): when h.cached.Complete(), h.cached.OpenComplete()
+	// gives a descriptor of the complete, checked data for the kernel to read directly (a
+	// FilePassthroughFder handle); h keeps h.cached open for as long as the kernel uses it.
+	//
 	// The layer never changes: let the kernel keep pages between opens.
-	return nil, fuse.FOPEN_KEEP_CACHE, gofs.OK
-}
-
-func (f *fileNode) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	ctx, cancel := context.WithTimeout(ctx, f.layer.readTimeout)
-	defer cancel()
-	n, err := f.layer.reader.readFile(ctx, f.n, dest, off)
-	if err != nil {
-		f.layer.metrics.readErrors.Inc()
-		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")
-		return nil, syscall.EIO
-	}
-	return fuse.ReadResultData(dest[:n]), gofs.OK
+	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK
 }
 
 func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -9,15 +9,22 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/cache"
+	"github.com/sirupsen/logrus"
 )
 
 // ErrChunkVerification marks a chunk whose bytes did not match its digest in the TOC, twice.
 var ErrChunkVerification = errors.New("chunk failed verification")
 
-// chunkReader reads chunks of a layer blob and returns only verified bytes.
+// chunkReader reads chunks of a layer blob and returns only verified bytes: from a file's
+// cached content where it has it (stored only once verified), else fetched from the blob,
+// verified, and stored in the cache.
 type chunkReader struct {
 	blob    io.ReaderAt
 	metrics *Metrics
+	log     *logrus.Entry
+	// flights shares the fetch of a chunk among the reads that need it at the same time.
+	flights flights
 }
 
 // read returns the uncompressed bytes of c, verified against c.Digest. A chunk that fails
@@ -44,7 +51,7 @@ func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
 	if _, err := readFull(ctx, r.blob, compressed, c.BlobOffset); err != nil {
 		return nil, fmt.Errorf("fetch chunk at blob offset %d: %w", c.BlobOffset, err)
 	}
-	r.metrics.fetchedBytes.Add(float64(len(compressed)))
+	r.metrics.fetchedOnDemand.Add(float64(len(compressed)))
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
 		return nil, fmt.Errorf("%w: blob offset %d: gzip: %v", ErrChunkVerification, c.BlobOffset, err)
@@ -61,8 +68,8 @@ func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
 }
 
 // readFile reads len(p) bytes of file n at off (fewer at the end of the file) through its
-// chunks.
-func (r *chunkReader) readFile(ctx context.Context, n *Node, p []byte, off int64) (int, error) {
+// chunks. cf is the file's cached content, or nil to read without a cache.
+func (r *chunkReader) readFile(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64) (int, error) {
 	if off >= n.Size || len(p) == 0 {
 		return 0, nil
 	}
@@ -72,15 +79,84 @@ func (r *chunkReader) readFile(ctx context.Context, n *Node, p []byte, off int64
 	i := searchChunk(n.Chunks, off)
 	for ; i < len(n.Chunks) && n.Chunks[i].Offset < end; i++ {
 		c := n.Chunks[i]
-		data, err := r.read(ctx, c)
+		from := max(off, c.Offset) // the part of c to read, in file offsets
+		to := min(end, c.Offset+c.Size)
+		dst := p[from-off : to-off]
+		if cf != nil && r.readCached(cf, dst, from) {
+			r.metrics.hitBytes.Add(float64(len(dst)))
+			total += len(dst)
+			continue
+		}
+		res, err := r.fetch(ctx, c, cf)
 		if err != nil {
 			return total, err
 		}
-		from := max(off, c.Offset) - c.Offset
-		to := min(end, c.Offset+c.Size) - c.Offset
-		total += copy(p[c.Offset+from-off:], data[from:to])
+		total += copy(dst, res.data[from-c.Offset:to-c.Offset])
+		if res.cached {
+			r.metrics.hitBytes.Add(float64(len(dst)))
+		} else {
+			r.metrics.missBytes.Add(float64(len(dst)))
+		}
 	}
 	return total, nil
+}
+
+// readCached reads len(p) bytes at file offset off from the cache, reporting whether it
+// had all of them. Anything but a hit (not cached, or the cache failed) is a miss: the bytes
+// are fetched.
+func (r *chunkReader) readCached(cf *cache.File, p []byte, off int64) bool {
+	n, err := cf.ReadAt(p, off)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	if err != nil && !errors.Is(err, cache.ErrNotCached) {
+		r.log.WithError(err).WithField("offset", off).Debug("cache read failed; fetching")
+	}
+	return err == nil
+}
+
+// fetch returns chunk c's verified bytes, fetched from the blob and stored in cf (if not
+// nil). Concurrent fetches of c are one: the reads that join a fetch in flight wait for it.
+func (r *chunkReader) fetch(ctx context.Context, c Chunk, cf *cache.File) (fetched, error) {
+	for {
+		res, err, joined := r.flights.do(ctx, c.BlobOffset, func() (fetched, error) {
+			// A flight that has just landed may have stored c since this read missed it.
+			if cf != nil && len(cf.Missing(c.Offset, c.Size)) == 0 {
+				data := make([]byte, c.Size)
+				if r.readCached(cf, data, c.Offset) {
+					return fetched{data: data, cached: true}, nil
+				}
+			}
+			data, err := r.read(ctx, c)
+			return fetched{data: data}, err
+		}, func(res fetched) {
+			if !res.cached {
+				r.store(cf, c, res.data)
+			}
+		})
+		if err != nil && joined && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// The read that led the fetch gave up (its timeout or an interrupt): this one
+			// still wants the chunk, so it leads a new fetch.
+			continue
+		}
+		return res, err
+	}
+}
+
+// store writes a verified chunk to the cache. A failure (the disk or the budget full, the
+// layer removed meanwhile) costs only a later fetch: it is logged and counted, never fatal.
+func (r *chunkReader) store(cf *cache.File, c Chunk, data []byte) {
+	if cf == nil {
+		return
+	}
+	err := cf.WriteAt(data, c.Offset)
+	if err == nil {
+		return
+	}
+	if !errors.Is(err, cache.ErrClosed) && !errors.Is(err, cache.ErrRemoved) {
+		r.metrics.cacheWriteErrors.Inc()
+	}
+	r.log.WithError(err).WithField("blob_offset", c.BlobOffset).Debug("verified chunk not stored in the cache; served from the network")
 }
 
 // searchChunk returns the index of the chunk holding file offset off.

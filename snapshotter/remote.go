@@ -3,7 +3,6 @@ package snapshotter
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -146,26 +145,19 @@ const (
 // an AlreadyExists error when the layer is streamed (committed under its target), or the
 // reason it is pulled in full.
 func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l LayerLabels, opts []snapshots.Opt) (reason string, err error) {
-	layer, err := s.resolver.Resolve(ctx, l)
+	loaded, err := s.loader.load(ctx, l)
 	if err != nil {
-		var ns *NotStreamableError
-		if errors.As(err, &ns) {
-			return ns.Reason, err
+		if loaded == nil {
+			return "resolve-error", err
 		}
-		return "resolve-error", err
+		return loaded.reason, err
 	}
+	layer, toc, tocJSON := loaded.layer, loaded.toc, loaded.tocJSON
 	id, err := s.snapshotID(ctx, key)
 	if err != nil {
 		return "internal-error", err
 	}
 	dir := filepath.Join(s.snapshotsDir(), id)
-	toc, tocJSON, err := rillfs.LoadTOCJSON(ctx, layer.Blob, layer.Desc.Size, layer.TOCDigest, s.tocLimits)
-	if err != nil {
-		if errors.Is(err, rillfs.ErrInvalidTOC) {
-			return "toc-invalid", err
-		}
-		return "toc-fetch-error", err
-	}
 	idx, err := rillfs.NewIndex(toc)
 	if err != nil {
 		return "toc-invalid", err

@@ -3,10 +3,13 @@ package snapshotter
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -324,4 +327,77 @@ func compareDirs(t *testing.T, want, got string) {
 	if len(w) < 5 {
 		t.Fatalf("compared only %d paths", len(w))
 	}
+}
+
+// countingResolver counts Resolve calls per layer.
+type countingResolver struct {
+	*localResolver
+	mu    sync.Mutex
+	calls map[digest.Digest]int
+}
+
+func (c *countingResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLayer, error) {
+	c.mu.Lock()
+	c.calls[l.Layer]++
+	c.mu.Unlock()
+	return c.localResolver.Resolve(ctx, l)
+}
+
+// Preparing the first layer of an image resolves all its layers and loads their TOCs at once;
+// the later Prepares find them loaded and resolve nothing again.
+func TestLayersOfAnImageResolveTogether(t *testing.T) {
+	requireRoot(t)
+	local, digests := newLocalResolver(t,
+		[]testlayer.Entry{testlayer.Reg("a", []byte("a\n"), 0o644)},
+		[]testlayer.Entry{testlayer.Reg("b", []byte("b\n"), 0o644)},
+		[]testlayer.Entry{testlayer.Reg("c", []byte("c\n"), 0o644)})
+	r := &countingResolver{localResolver: local, calls: map[digest.Digest]int{}}
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	sn, err := NewSnapshotter(ctx, t.TempDir(), WithResolver(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	parent := ""
+	for i, d := range digests {
+		labels := map[string]string{
+			"containerd.io/snapshot.ref":               fmt.Sprintf("chain-%d", i),
+			"containerd.io/snapshot/cri.image-ref":     "127.0.0.1:5000/app:v1",
+			"containerd.io/snapshot/cri.layer-digest":  d.String(),
+			"containerd.io/snapshot/cri.image-layers":  layerList(digests[i:]),
+			"containerd.io/snapshot/stargz/toc.digest": local.layers[d].conv.TOCDigest.String(),
+		}
+		if _, err := sn.Prepare(ctx, fmt.Sprintf("extract-%d", i), parent, snapshots.WithLabels(labels)); !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if i == 0 {
+			// All three are resolved once the first is prepared (the others in the background).
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				r.mu.Lock()
+				n := len(r.calls)
+				r.mu.Unlock()
+				if n == 3 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		parent = fmt.Sprintf("chain-%d", i)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, d := range digests {
+		if r.calls[d] != 1 {
+			t.Errorf("layer %d resolved %d times, want once", i, r.calls[d])
+		}
+	}
+}
+
+func layerList(ds []digest.Digest) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, d.String())
+	}
+	return strings.Join(s, ",")
 }

@@ -49,6 +49,7 @@ type Snapshotter struct {
 
 	// Streaming; resolver is nil when it is off.
 	resolver  Resolver
+	loader    *layerLoader
 	remote    *remoteLayers
 	tocLimits rillfs.Limits
 	fsMount   rillfs.MountOptions
@@ -96,6 +97,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics,
 	}
 	if sn.resolver != nil {
+		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)
 		sn.restore(ctx)
 	}
 	return sn, nil

@@ -1,0 +1,78 @@
+package fs
+
+import (
+	"context"
+	"strconv"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/rillstream/rill/cache"
+	"github.com/sirupsen/logrus"
+)
+
+// fileHandle is one open of a regular file. It holds the file's cached content, if the layer
+// has a cache, for as long as it is open: an open cache.File is never evicted, so what a
+// reader has found in the cache stays there while it reads.
+type fileHandle struct {
+	file   *fileNode
+	cached *cache.File // nil: reads go to the blob only
+}
+
+var (
+	_ gofs.FileReader   = (*fileHandle)(nil)
+	_ gofs.FileReleaser = (*fileHandle)(nil)
+)
+
+// cacheKey is the name of a regular file's content in the layer's cache: the blob offset of
+// its first chunk, stable across restarts and shared by hardlinks. Files without chunks
+// (empty ones) have none.
+func cacheKey(n *Node) (string, bool) {
+	if len(n.Chunks) == 0 {
+		return "", false
+	}
+	return strconv.FormatInt(n.Chunks[0].BlobOffset, 10), true
+}
+
+// openHandle opens a handle on f, with its cached content when the layer has a cache. Failing
+// to open the cached content only means reading without it.
+func openHandle(f *fileNode) *fileHandle {
+	h := &fileHandle{file: f}
+	lc := f.layer.cache
+	key, ok := cacheKey(f.n)
+	if lc == nil || !ok {
+		return h
+	}
+	cf, err := lc.File(key, f.n.Size)
+	if err != nil {
+		f.layer.metrics.cacheOpenErrors.Inc()
+		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "key": key}).Debug("cache unavailable for this open; reading from the blob")
+		return h
+	}
+	h.cached = cf
+	return h
+}
+
+// Read serves a read of the file: from the cache where it holds the bytes, else from the
+// blob (verified, then stored). It never returns unverified bytes.
+func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f := h.file
+	ctx, cancel := context.WithTimeout(ctx, f.layer.readTimeout)
+	defer cancel()
+	n, err := f.layer.reader.readFile(ctx, f.n, h.cached, dest, off)
+	if err != nil {
+		f.layer.metrics.readErrors.Inc()
+		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), gofs.OK
+}
+
+// Release closes the handle's cached content. go-fuse calls it once the handle's reads have
+// returned, so none of them uses it any more.
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if h.cached != nil {
+		h.cached.Close()
+	}
+	return gofs.OK
+}
