@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/platforms"
+	units "github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -36,6 +37,20 @@ type Config struct {
 	Metrics     Metrics     `toml:"metrics"`
 	Snapshotter Snapshotter `toml:"snapshotter"`
 	Streaming   Streaming   `toml:"streaming"`
+	Cache       Cache       `toml:"cache"`
+}
+
+// Cache configures the on-disk cache of streamed layers' data (under root/cache).
+type Cache struct {
+	// MaxSize bounds the cache ("10GiB", "500MB"; "0" for no bound). Past it the least
+	// recently used files of layers not being fetched are evicted.
+	MaxSize string `toml:"max_size"`
+}
+
+// MaxSizeBytes is MaxSize parsed (Validate has checked it).
+func (c Cache) MaxSizeBytes() int64 {
+	n, _ := units.RAMInBytes(c.MaxSize)
+	return n
 }
 
 // Streaming configures which layers are streamed instead of pulled, and how.
@@ -107,6 +122,7 @@ func Default() Config {
 			MaxTOCBytes: 64 << 20,
 			HostsDir:    "/etc/containerd/certs.d",
 		},
+		Cache: Cache{MaxSize: "10GiB"},
 	}
 }
 
@@ -193,6 +209,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Streaming.validate(); err != nil {
 		return err
+	}
+	if n, err := units.RAMInBytes(c.Cache.MaxSize); err != nil || n < 0 {
+		return fmt.Errorf("cache.max_size: %q is not a size like \"10GiB\"", c.Cache.MaxSize)
 	}
 	for _, o := range c.Snapshotter.MountOptions {
 		name, _, _ := strings.Cut(o, "=")

@@ -72,6 +72,7 @@ func TestParse(t *testing.T) {
 		{name: "bad platform", text: "[streaming]\nplatforms = [\"linux/\"]\n", wantErr: "streaming.platforms"},
 		{name: "bad trust", text: "[streaming]\ntrust = \"anyone\"\n", wantErr: "streaming.trust"},
 		{name: "bad read timeout", text: "[streaming]\nread_timeout = \"30\"\n", wantErr: "streaming.read_timeout"},
+		{name: "bad cache size", text: "[cache]\nmax_size = \"lots\"\n", wantErr: "cache.max_size"},
 		{name: "relative hosts dir", text: "[streaming]\nhosts_dir = \"certs.d\"\n", wantErr: "streaming.hosts_dir"},
 		{name: "wrong type", text: "[snapshotter]\nasync_remove = 1\n", wantErr: "snapshotter.async_remove"},
 		{name: "syntax error", text: "root = \n", wantErr: "line 1"},

@@ -25,13 +25,14 @@ func (s *Snapshotter) cleanup(ctx context.Context) error {
 	}
 	var firstErr error
 	for _, dir := range orphans {
-		if m := s.remote.take(filepath.Base(dir)); m != nil {
+		if ml := s.remote.take(filepath.Base(dir)); ml != nil {
 			uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := m.Unmount(uctx)
+			err := ml.unmount(uctx)
 			cancel()
 			if err != nil {
 				log.G(ctx).WithError(err).WithField("path", dir).Warn("unmount streamed layer; detaching it")
 			}
+			s.forgetCachedLayer(ctx, ml.blob)
 		}
 		if err := removeSnapshotDir(dir); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("cannot remove snapshot directory; next cleanup retries")

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -76,53 +75,6 @@ func WithFSOptions(limits rillfs.Limits, mount rillfs.MountOptions) Opt {
 	return func(s *settings) { s.tocLimits, s.fsMount = limits, mount }
 }
 
-// remoteLayers tracks the FUSE mounts of streamed layers by snapshot id.
-type remoteLayers struct {
-	mu     sync.Mutex
-	mounts map[string]*rillfs.Mounted
-}
-
-func (r *remoteLayers) add(id string, m *rillfs.Mounted) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.mounts[id] = m
-}
-
-func (r *remoteLayers) take(id string) *rillfs.Mounted {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := r.mounts[id]
-	delete(r.mounts, id)
-	return m
-}
-
-func (r *remoteLayers) all() map[string]*rillfs.Mounted {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	all := r.mounts
-	r.mounts = map[string]*rillfs.Mounted{}
-	return all
-}
-
-// closeUnmountWait bounds how long shutdown waits for each streamed layer's server to stop.
-const closeUnmountWait = time.Second
-
-// unmountAll unmounts every streamed layer, concurrently: at shutdown, layers still used by
-// running containers are served until the process exits.
-func (s *Snapshotter) unmountAll() {
-	var wg sync.WaitGroup
-	for id, m := range s.remote.all() {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
-			defer cancel()
-			if err := m.Unmount(ctx); err != nil {
-				log.L.WithError(err).WithField("id", id).Warn("unmount streamed layer")
-			}
-		})
-	}
-	wg.Wait()
-}
-
 // layerRecord is what a streamed layer keeps on disk beside its mountpoint, so it can be
 // mounted again after a restart without the network.
 type layerRecord struct {
@@ -170,7 +122,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return "internal-error", err
 	}
-	m, err := rillfs.Mount(ctx, filepath.Join(dir, "fs"), idx, layer.Blob, s.mountOptions(layer))
+	ml, err := s.mountLayer(ctx, filepath.Join(dir, "fs"), idx, layer)
 	if err != nil {
 		return "mount-error", err
 	}
@@ -181,19 +133,13 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return err
 	})
 	if commitErr != nil {
-		if err := m.Unmount(ctx); err != nil {
+		if err := ml.unmount(ctx); err != nil {
 			log.G(ctx).WithError(err).Warn("unmount after a failed commit")
 		}
 		return "commit-error", commitErr
 	}
-	s.remote.add(id, m)
+	s.remote.add(id, ml)
 	return layer.Reason, nil
-}
-
-func (s *Snapshotter) mountOptions(layer RemoteLayer) rillfs.MountOptions {
-	o := s.fsMount
-	o.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
-	return o
 }
 
 func (s *Snapshotter) snapshotID(ctx context.Context, key string) (string, error) {

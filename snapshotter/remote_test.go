@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rillstream/rill/cache"
 	"github.com/rillstream/rill/convert"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/internal/testlayer"
@@ -166,7 +167,13 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
 	root := t.TempDir()
 	metrics := NewMetrics()
-	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithFSOptions(rillfs.Limits{}, rillfs.MountOptions{Debug: os.Getenv("RILL_FUSE_DEBUG") != ""}))
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	store, err := cache.Open(ctx, cacheDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store),
+		WithFSOptions(rillfs.Limits{}, rillfs.MountOptions{Debug: os.Getenv("RILL_FUSE_DEBUG") != ""}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +210,9 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	view, release := mountView(t, ctx, sn, "view-1", "chain-1")
 	compareDirs(t, want, view)
 	release()
+	if store.Usage() == 0 {
+		t.Fatal("reading the streamed image stored nothing in the cache")
+	}
 
 	// Restart: the layers come back from disk.
 	if err := sn.Close(); err != nil {
@@ -212,7 +222,14 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	if m := mountsUnder(t, root); len(m) != 0 {
 		t.Fatalf("mounts left after Close: %v", m)
 	}
-	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics))
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if store, err = cache.Open(ctx, cacheDir); err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,6 +252,9 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	}
 	if m := mountsUnder(t, filepath.Join(root, "snapshots")); len(m) != 0 {
 		t.Fatalf("mounts left after removing the streamed layers: %v", m)
+	}
+	if u := store.Usage(); u != 0 {
+		t.Fatalf("the cache still holds %d bytes of removed layers", u)
 	}
 }
 

@@ -86,11 +86,11 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
 	if err := unmountStale(mountpoint); err != nil {
 		return err
 	}
-	m, err := rillfs.Mount(ctx, mountpoint, idx, blob, s.mountOptions(RemoteLayer{Ref: rec.Ref, Desc: rec.Desc}))
+	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Desc: rec.Desc, Blob: blob})
 	if err != nil {
 		return err
 	}
-	s.remote.add(id, m)
+	s.remote.add(id, ml)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/log"
+	"github.com/rillstream/rill/cache"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/sirupsen/logrus"
 )
@@ -26,6 +27,7 @@ type settings struct {
 	tocLimits    rillfs.Limits
 	fsMount      rillfs.MountOptions
 	metrics      *Metrics
+	cache        *cache.Store
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -54,6 +56,7 @@ type Snapshotter struct {
 	tocLimits rillfs.Limits
 	fsMount   rillfs.MountOptions
 	metrics   *Metrics
+	cache     *cache.Store
 }
 
 var (
@@ -93,12 +96,13 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 	}
 	sn := &Snapshotter{
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
-		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*rillfs.Mounted{}},
-		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics,
+		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
+		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)
 		sn.restore(ctx)
+		sn.retainCache(ctx)
 	}
 	return sn, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -30,10 +31,14 @@ func serve(ctx context.Context, cfg config.Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts, err := streamingOptions(ctx, cfg.Streaming, reg)
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	opts, closeCache, err := streamingOptions(ctx, cfg, reg)
 	if err != nil {
 		return err
 	}
+	defer closeCache()
 	sn, err := snapshotter.NewSnapshotter(ctx, cfg.Root, append(opts,
 		snapshotter.WithAsyncRemove(cfg.Snapshotter.AsyncRemove),
 		snapshotter.WithMountOptions(cfg.Snapshotter.MountOptions),

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rillstream/rill/cache"
 	"github.com/rillstream/rill/config"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/remote"
@@ -13,14 +15,17 @@ import (
 )
 
 // streamingOptions builds the snapshotter options of the streaming path from the config, and
-// registers its metrics. ctx is the daemon's lifetime: blob readers live as long.
-func streamingOptions(ctx context.Context, c config.Streaming, reg prometheus.Registerer) ([]snapshotter.Opt, error) {
+// registers its metrics. ctx is the daemon's lifetime: blob readers live as long. closeCache
+// closes the cache; call it after the snapshotter is closed.
+func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Registerer) (_ []snapshotter.Opt, closeCache func(), _ error) {
+	c := cfg.Streaming
 	snMetrics := snapshotter.NewMetrics()
 	reg.MustRegister(snMetrics.Collectors()...)
 	opts := []snapshotter.Opt{snapshotter.WithMetrics(snMetrics)}
+	closeCache = func() {}
 	if !c.Enabled {
 		logrus.Info("streaming is off: every layer is pulled in full")
-		return opts, nil
+		return opts, closeCache, nil
 	}
 	remoteMetrics := remote.NewMetrics()
 	reg.MustRegister(remoteMetrics.Collectors()...)
@@ -31,20 +36,31 @@ func streamingOptions(ctx context.Context, c config.Streaming, reg prometheus.Re
 		remote.WithUserAgent("rill-snapshotter/"+version),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("streaming: registry access: %w", err)
+		return nil, nil, fmt.Errorf("streaming: registry access: %w", err)
 	}
 	resolver, err := snapshotter.NewRegistryResolver(ctx, registry, c.Platforms, c.Trust)
 	if err != nil {
-		return nil, fmt.Errorf("streaming: %w", err)
+		return nil, nil, fmt.Errorf("streaming: %w", err)
+	}
+	store, err := cache.Open(ctx, filepath.Join(cfg.Root, "cache"), cache.WithBudget(cfg.Cache.MaxSizeBytes()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cache under %s: %w", filepath.Join(cfg.Root, "cache"), err)
+	}
+	reg.MustRegister(store.Metrics())
+	closeCache = func() {
+		if err := store.Close(); err != nil {
+			logrus.WithError(err).Warn("closing the cache")
+		}
 	}
 	fsMetrics := rillfs.NewMetrics()
 	reg.MustRegister(fsMetrics.Collectors()...)
-	logrus.WithFields(logrus.Fields{"platforms": c.Platforms, "trust": c.Trust}).Info("streaming is on")
+	logrus.WithFields(logrus.Fields{"platforms": c.Platforms, "trust": c.Trust, "cache_max_size": cfg.Cache.MaxSize}).Info("streaming is on")
 	return append(opts,
 		snapshotter.WithResolver(resolver),
+		snapshotter.WithCache(store),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout: c.ReadTimeoutDuration(),
 			Metrics:     fsMetrics,
 		}),
-	), nil
+	), closeCache, nil
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,6 +101,31 @@ func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImag
 	if err != nil || len(mounts) > 0 {
 		t.Errorf("mounts left under rill's root after the image was removed: %v (%v)", mounts, err)
 	}
+	if n := dataBytes(t, filepath.Join(env.Snapshotter.Root(), "cache", "layers")); n != 0 {
+		t.Errorf("rill's cache still holds %s of the removed image's layers", mib(n))
+	}
+}
+
+// dataBytes is the disk space of the regular files below dir, as du counts it.
+func dataBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() && !strings.HasSuffix(p, "journal") {
+			n += fi.Sys().(*syscall.Stat_t).Blocks * 512
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // assertFellBack checks that rill logged the full-pull decision for an ordinary image, with

@@ -1,0 +1,142 @@
+package snapshotter
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/cache"
+	rillfs "github.com/rillstream/rill/fs"
+)
+
+// WithCache keeps the data of streamed layers in store, keyed by blob digest: shared by the
+// snapshots of one layer, kept across restarts, freed when the last snapshot of the layer goes.
+func WithCache(store *cache.Store) Opt {
+	return func(s *settings) { s.cache = store }
+}
+
+// mountedLayer is a streamed layer served through FUSE, with its cache handle.
+type mountedLayer struct {
+	mounted *rillfs.Mounted
+	cache   *cache.Layer // nil without a cache
+	blob    digest.Digest
+}
+
+// mountLayer mounts idx at mountpoint, reading through the cache when there is one. A cache
+// that cannot give a handle only costs fetches.
+func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer) (*mountedLayer, error) {
+	opts := s.fsMount
+	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
+	ml := &mountedLayer{blob: layer.Desc.Digest}
+	if s.cache != nil {
+		h, err := s.cache.Layer(ctx, layer.Desc.Digest)
+		if err != nil {
+			opts.Log.WithError(err).Warn("streamed layer served without the cache")
+		} else {
+			ml.cache, opts.Cache = h, h
+		}
+	}
+	m, err := rillfs.Mount(ctx, mountpoint, idx, layer.Blob, opts)
+	if err != nil {
+		if ml.cache != nil {
+			ml.cache.Release()
+		}
+		return nil, err
+	}
+	ml.mounted = m
+	return ml, nil
+}
+
+// unmount stops serving the layer and lets go of its cache handle once nothing reads it.
+func (ml *mountedLayer) unmount(ctx context.Context) error {
+	err := ml.mounted.Unmount(ctx)
+	if ml.cache != nil {
+		if err == nil {
+			ml.cache.Release()
+		} else {
+			go func() { ml.mounted.Wait(); ml.cache.Release() }()
+		}
+	}
+	return err
+}
+
+// remoteLayers tracks the streamed layers by snapshot id.
+type remoteLayers struct {
+	mu     sync.Mutex
+	mounts map[string]*mountedLayer
+}
+
+func (r *remoteLayers) add(id string, ml *mountedLayer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mounts[id] = ml
+}
+
+func (r *remoteLayers) take(id string) *mountedLayer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ml := r.mounts[id]
+	delete(r.mounts, id)
+	return ml
+}
+
+func (r *remoteLayers) all() map[string]*mountedLayer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	all := r.mounts
+	r.mounts = map[string]*mountedLayer{}
+	return all
+}
+
+// blobs returns the blob digests of the mounted layers.
+func (r *remoteLayers) blobs() map[digest.Digest]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[digest.Digest]bool{}
+	for _, ml := range r.mounts {
+		out[ml.blob] = true
+	}
+	return out
+}
+
+// forgetCachedLayer frees the cached data of blob when no snapshot streams it any more.
+func (s *Snapshotter) forgetCachedLayer(ctx context.Context, blob digest.Digest) {
+	if s.cache == nil || s.remote.blobs()[blob] {
+		return
+	}
+	if err := s.cache.RemoveLayer(ctx, blob); err != nil {
+		log.G(ctx).WithError(err).WithField("blob", blob.String()).Warn("cannot free the cached data of a removed layer")
+	}
+}
+
+// retainCache frees the cached data of every layer that no snapshot streams (left by removals
+// while the daemon was down).
+func (s *Snapshotter) retainCache(ctx context.Context) {
+	if s.cache == nil {
+		return
+	}
+	if err := s.cache.Retain(ctx, s.remote.blobs()); err != nil {
+		log.G(ctx).WithError(err).Warn("cache garbage collection at start")
+	}
+}
+
+// closeUnmountWait bounds how long shutdown waits for each streamed layer's server to stop.
+const closeUnmountWait = time.Second
+
+// unmountAll unmounts every streamed layer, concurrently: at shutdown, layers still used by
+// running containers are served until the process exits.
+func (s *Snapshotter) unmountAll() {
+	var wg sync.WaitGroup
+	for id, ml := range s.remote.all() {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
+			defer cancel()
+			if err := ml.unmount(ctx); err != nil {
+				log.L.WithError(err).WithField("id", id).Warn("unmount streamed layer")
+			}
+		})
+	}
+	wg.Wait()
+}
