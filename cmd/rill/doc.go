@@ -1,0 +1,22 @@
+// Command rill is the registry side of rill: it creates streaming artifacts for images and
+// binds them to their tags, shows and verifies them, and deletes images together with their
+// artifacts.
+//
+//	rill create IMAGE [--platform P,...] [--prefetch-profile FILE] [--no-bind] [--force]
+//	                  [--chunk-size N] [--compression-level N] [--parallel N]
+//	rill show IMAGE [--json]
+//	rill verify IMAGE [--json]
+//	rill delete IMAGE [--streaming-only]
+//
+// Registry flags, accepted by every command: --plain-http, --insecure, --hosts-dir (containerd's
+// certs.d, default /etc/containerd/certs.d), --docker-config (credentials, default
+// ~/.docker/config.json), --debug.
+//
+// Exit codes tell failures apart for scripts (see exitcode.go): 0 success (also when the
+// artifact already existed), 1 other errors, 2 usage or an unparsable reference, 3 not found,
+// 4 unauthorized or forbidden, 5 unsupported platform or no supported platform in an index,
+// 6 unsupported media type, 7 the image is itself a streaming artifact, 8 not a runnable
+// image, 9 corrupt content or failed verification, 10 the tag moved while rill worked.
+//
+// Progress goes to stderr as one log line per layer and step; results go to stdout.
+package main

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+	"time"
+)
+
+func runShow(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("rill show", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var (
+		rf     registryFlags
+		asJSON bool
+	)
+	rf.register(fs)
+	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "Usage: rill show IMAGE [flags]\n\nLists IMAGE's platform manifests and their streaming artifacts, the one nodes use first.\n\n")
+		fs.PrintDefaults()
+	}
+	image, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	c, cleanup, err := rf.converter(env, image)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, errUsage)
+	}
+	defer cleanup()
+	st, err := c.Show(ctx, image)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	binding := "not bound (artifacts, if any, are referrers only)"
+	if st.Bound {
+		binding = "bound: the tag names a binding index"
+	}
+	fmt.Fprintf(env.stdout, "%s → %s (%s)\n", st.Reference, st.Digest, binding)
+	tw := tabwriter.NewWriter(env.stdout, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PLATFORM\tMANIFEST\tARTIFACT\tBOUND\tSIZE\tORIGINAL\tCREATED\tFORMAT\tSTATUS")
+	for _, m := range st.Manifests {
+		if len(m.Artifacts) == 0 {
+			status := "no artifact"
+			if !m.Streaming {
+				status = "platform not streamed"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), status)
+		}
+		for i, a := range m.Artifacts {
+			status := "in use"
+			switch {
+			case a.Problem != "":
+				status = "unusable: " + a.Problem
+			case i > 0:
+				status = "superseded"
+			}
+			created := "-"
+			if !a.Created.IsZero() {
+				created = a.Created.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s v%s\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), short(a.Descriptor.Digest.Encoded()),
+				a.Bound, mb(a.Size), mb(a.OriginalSize), created, a.Format, a.Version, status)
+		}
+	}
+	return tw.Flush()
+}

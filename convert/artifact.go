@@ -1,0 +1,208 @@
+package convert
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// The streaming artifact (see the package documentation).
+const (
+	// ArtifactType is the artifactType of every streaming artifact manifest.
+	ArtifactType = "application/vnd.rill.streaming.v1"
+	// FormatName is the layer format of version 1 artifacts: byte-preserving eStargz.
+	FormatName = "estargz-lossless"
+	// FormatVersion is the version of the artifact layout written here.
+	FormatVersion = "1"
+
+	// AnnotationFormat names the layer format of an artifact.
+	AnnotationFormat = "dev.rill.streaming.v1.format"
+	// AnnotationVersion is the version of the artifact layout.
+	AnnotationVersion = "dev.rill.streaming.v1.version"
+	// AnnotationPlatform is the platform (os/arch[/variant]) of the artifact's subject.
+	AnnotationPlatform = "dev.rill.streaming.v1.platform"
+	// AnnotationChunkSize is the chunk size the layers were converted with.
+	AnnotationChunkSize = "dev.rill.streaming.v1.chunk-size"
+	// AnnotationPrefetch holds the prefetch profile, encoded by EncodeProfile.
+	AnnotationPrefetch = "dev.rill.streaming.v1.prefetch"
+	// AnnotationCreated is when the artifact was built (RFC 3339, UTC).
+	AnnotationCreated = ocispec.AnnotationCreated
+
+	// AnnotationBinding, on a platform manifest's descriptor in the index at a tag, names
+	// the digest of the streaming artifact bound to that manifest.
+	AnnotationBinding = "dev.rill.streaming.v1.manifest"
+	// AnnotationBoundFrom, on a binding index, is the digest of what the tag named before
+	// it was bound (the original index, or the single platform manifest), so that
+	// unbinding can restore it.
+	AnnotationBoundFrom = "dev.rill.streaming.v1.bound-from"
+	// AnnotationSubject, on an artifact's descriptor in the binding index, is the digest of
+	// the platform manifest it streams.
+	AnnotationSubject = "dev.rill.streaming.v1.subject"
+)
+
+// artifactPlatform is the platform of an artifact's entry in a binding index: one that no
+// node matches, so that pulls never select the artifact itself (the convention BuildKit uses
+// for attestation manifests).
+var artifactPlatform = ocispec.Platform{OS: "unknown", Architecture: "unknown"}
+
+// Layer media types.
+const (
+	mediaTypeLayerGzip = ocispec.MediaTypeImageLayerGzip
+)
+
+// convertedLayer is one layer of an artifact: the original's descriptor and what it was
+// converted to.
+type convertedLayer struct {
+	original ocispec.Descriptor
+	layer    Layer
+}
+
+// artifactSpec is everything an artifact manifest is built from.
+type artifactSpec struct {
+	subject   ocispec.Descriptor // M
+	platform  ocispec.Platform
+	config    []byte // M's config
+	layers    []convertedLayer
+	chunkSize int
+	profile   string // encoded prefetch profile, "" when none
+	created   time.Time
+}
+
+// buildArtifact returns the config and manifest of the streaming artifact of spec.subject.
+// It is pure: the same spec gives the same bytes.
+func buildArtifact(spec artifactSpec) (config, manifest []byte, err error) {
+	config, err = artifactConfig(spec.config, spec.layers)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := ocispec.Manifest{
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: ArtifactType,
+		Config: ocispec.Descriptor{
+			MediaType: ocispec.MediaTypeImageConfig,
+			Digest:    digest.FromBytes(config),
+			Size:      int64(len(config)),
+		},
+		Subject: &ocispec.Descriptor{
+			MediaType: spec.subject.MediaType,
+			Digest:    spec.subject.Digest,
+			Size:      spec.subject.Size,
+		},
+		Annotations: map[string]string{
+			AnnotationFormat:    FormatName,
+			AnnotationVersion:   FormatVersion,
+			AnnotationPlatform:  platforms.Format(spec.platform),
+			AnnotationChunkSize: fmt.Sprint(spec.chunkSize),
+			AnnotationCreated:   spec.created.UTC().Format(time.RFC3339),
+		},
+	}
+	m.SchemaVersion = 2
+	if spec.profile != "" {
+		m.Annotations[AnnotationPrefetch] = spec.profile
+	}
+	for _, l := range spec.layers {
+		m.Layers = append(m.Layers, ocispec.Descriptor{
+			MediaType:   mediaTypeLayerGzip,
+			Digest:      l.layer.Digest,
+			Size:        l.layer.Size,
+			Annotations: l.layer.Annotations(l.original.Digest),
+		})
+	}
+	manifest, err = json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, nil, err
+	}
+	return config, manifest, nil
+}
+
+// artifactConfig is M's config with the diff_ids of the converted layers: runnable, and
+// otherwise the same image (environment, entrypoint, history, unknown fields too).
+func artifactConfig(original []byte, layers []convertedLayer) ([]byte, error) {
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal(original, &cfg); err != nil {
+		return nil, fmt.Errorf("parse image config: %w: %w", ErrNotRunnable, err)
+	}
+	diffIDs := make([]digest.Digest, len(layers))
+	for i, l := range layers {
+		diffIDs[i] = l.layer.DiffID
+	}
+	rootfs, err := json.Marshal(ocispec.RootFS{Type: "layers", DiffIDs: diffIDs})
+	if err != nil {
+		return nil, err
+	}
+	out := maps.Clone(cfg)
+	out["rootfs"] = rootfs
+	return json.Marshal(out)
+}
+
+// imageConfig is what rill reads of an image config.
+type imageConfig struct {
+	ocispec.Platform
+	RootFS ocispec.RootFS `json:"rootfs"`
+}
+
+func parseImageConfig(b []byte) (imageConfig, error) {
+	var c imageConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("parse image config: %w: %w", ErrNotRunnable, err)
+	}
+	if c.OS == "" || c.Architecture == "" {
+		return c, fmt.Errorf("image config names no os and architecture: %w", ErrNotRunnable)
+	}
+	return c, nil
+}
+
+// isImageConfigType reports whether mt is the media type of a runnable image's config.
+func isImageConfigType(mt string) bool {
+	return mt == ocispec.MediaTypeImageConfig || mt == images.MediaTypeDockerSchema2Config
+}
+
+// isManifestType and isIndexType accept the OCI and Docker schema 2 media types.
+func isManifestType(mt string) bool {
+	return mt == ocispec.MediaTypeImageManifest || mt == images.MediaTypeDockerSchema2Manifest
+}
+
+func isIndexType(mt string) bool {
+	return mt == ocispec.MediaTypeImageIndex || mt == images.MediaTypeDockerSchema2ManifestList
+}
+
+// isConvertibleLayer reports whether a layer of media type mt is a gzip or plain tar layer
+// rill converts. zstd, encrypted and non-distributable layers are not.
+func isConvertibleLayer(mt string) bool {
+	switch mt {
+	case ocispec.MediaTypeImageLayerGzip, ocispec.MediaTypeImageLayer,
+		images.MediaTypeDockerSchema2LayerGzip, images.MediaTypeDockerSchema2Layer:
+		return true
+	}
+	return false
+}
+
+// artifactMatches checks that the artifact manifest s streams the image manifest m: subject,
+// type, and layers in the same count and order with the original digests recorded. The node
+// applies the same rule to referrers.
+func artifactMatches(s ocispec.Manifest, subject ocispec.Descriptor, m ocispec.Manifest) error {
+	if s.ArtifactType != ArtifactType {
+		return fmt.Errorf("artifactType is %q, not %q", s.ArtifactType, ArtifactType)
+	}
+	if s.Subject == nil || s.Subject.Digest != subject.Digest {
+		return fmt.Errorf("its subject is not %s", subject.Digest)
+	}
+	if len(s.Layers) != len(m.Layers) {
+		return fmt.Errorf("it has %d layers, the image %d", len(s.Layers), len(m.Layers))
+	}
+	for i, l := range s.Layers {
+		if got := l.Annotations[AnnotationOriginalDigest]; got != m.Layers[i].Digest.String() {
+			return fmt.Errorf("layer %d was converted from %q, not from the image's %s", i, got, m.Layers[i].Digest)
+		}
+		if l.Annotations[AnnotationTOCDigest] == "" {
+			return fmt.Errorf("layer %d has no TOC digest", i)
+		}
+	}
+	return nil
+}

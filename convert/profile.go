@@ -1,0 +1,160 @@
+package convert
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+)
+
+// The prefetch profile is the list of paths an image reads at start, in first-access order.
+// It is recorded in the artifact manifest's AnnotationPrefetch annotation, not in the layers:
+//
+//   - the TOC cannot hold it without changing the layer (eStargz's landmark files are tar
+//     entries, and a byte-preserving layer gets no entries of its own);
+//   - a separate blob named by an annotation is swept by registry garbage collection (only
+//     config and layers count as references) and costs the node one more round trip before
+//     its first prefetch;
+//   - in the manifest it costs no request (the node fetches the artifact manifest anyway), it
+//     is covered by the artifact's digest that the binding vouches for, and it lives exactly
+//     as long as the artifact.
+//
+// Encoded, it is the JSON array of paths, gzip-compressed and base64-encoded (standard
+// alphabet): a few KiB for the thousand files a typical service opens at start. Profiles
+// larger than MaxProfileSize encoded are cut at the end (the last paths matter least).
+
+// MaxProfileSize bounds the encoded profile, so that the manifest stays well below the 4 MiB
+// registries accept.
+const MaxProfileSize = 512 << 10
+
+// ParseProfile reads a prefetch profile: a JSON array of paths, a JSON object with a "paths"
+// array (as rill's node side records it), or plain text with one path per line ("#" starts a
+// comment line). Paths are made relative to the image root ("/usr/bin/x" and "./usr/bin/x"
+// are "usr/bin/x"); duplicates keep their first position. Paths with ".." are refused.
+func ParseProfile(r io.Reader) ([]string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read prefetch profile: %w", err)
+	}
+	var raw []string
+	trimmed := bytes.TrimSpace(b)
+	switch {
+	case bytes.HasPrefix(trimmed, []byte("[")):
+		if err := json.Unmarshal(trimmed, &raw); err != nil {
+			return nil, fmt.Errorf("parse prefetch profile (a JSON array of paths): %w", err)
+		}
+	case bytes.HasPrefix(trimmed, []byte("{")):
+		var doc struct {
+			Paths []string `json:"paths"`
+		}
+		if err := json.Unmarshal(trimmed, &doc); err != nil {
+			return nil, fmt.Errorf("parse prefetch profile (a JSON object with \"paths\"): %w", err)
+		}
+		raw = doc.Paths
+	default:
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			raw = append(raw, line)
+		}
+		if err := sc.Err(); err != nil {
+			return nil, fmt.Errorf("parse prefetch profile: %w", err)
+		}
+	}
+	return normalizeProfile(raw)
+}
+
+func normalizeProfile(raw []string) ([]string, error) {
+	seen := make(map[string]bool, len(raw))
+	out := make([]string, 0, len(raw))
+	for i, p := range raw {
+		if strings.ContainsRune(p, 0) {
+			return nil, fmt.Errorf("prefetch profile entry %d holds a NUL byte", i+1)
+		}
+		for _, c := range strings.Split(p, "/") {
+			if c == ".." {
+				return nil, fmt.Errorf("prefetch profile entry %d (%q) leaves the image root", i+1, p)
+			}
+		}
+		clean := strings.TrimPrefix(path.Clean("/"+p), "/")
+		if clean == "" || seen[clean] {
+			continue
+		}
+		seen[clean] = true
+		out = append(out, clean)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("the prefetch profile lists no paths")
+	}
+	return out, nil
+}
+
+// EncodeProfile encodes paths for AnnotationPrefetch. When the encoding would exceed
+// MaxProfileSize, the last paths are dropped; kept says how many remain.
+func EncodeProfile(paths []string) (encoded string, kept int, err error) {
+	kept = len(paths)
+	for {
+		s, err := encodeProfile(paths[:kept])
+		if err != nil {
+			return "", 0, err
+		}
+		if len(s) <= MaxProfileSize {
+			return s, kept, nil
+		}
+		// Shrink in proportion, with a margin: compression is close to linear in the count.
+		kept = int(float64(kept) * float64(MaxProfileSize) / float64(len(s)) * 0.95)
+		if kept == 0 {
+			return "", 0, errors.New("not even one path of the prefetch profile fits")
+		}
+	}
+}
+
+func encodeProfile(paths []string) (string, error) {
+	js, err := json.Marshal(paths)
+	if err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	if err != nil {
+		return "", err
+	}
+	if _, err := zw.Write(js); err != nil {
+		return "", err
+	}
+	if err := zw.Close(); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
+}
+
+// DecodeProfile decodes an AnnotationPrefetch value into its paths.
+func DecodeProfile(encoded string) ([]string, error) {
+	z, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		return nil, fmt.Errorf("decode prefetch profile: %w", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(z))
+	if err != nil {
+		return nil, fmt.Errorf("decode prefetch profile: %w", err)
+	}
+	js, err := io.ReadAll(io.LimitReader(zr, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("decode prefetch profile: %w", err)
+	}
+	var paths []string
+	if err := json.Unmarshal(js, &paths); err != nil {
+		return nil, fmt.Errorf("decode prefetch profile: %w", err)
+	}
+	return paths, nil
+}

@@ -1,0 +1,282 @@
+package convert
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/rillstream/rill/internal/testlayer"
+	"github.com/rillstream/rill/remote"
+)
+
+// The registries of these tests: go-containerregistry's in-process one (with the referrers
+// API) and the real distribution registry (without it: the tag-schema fallback). This repeats
+// the little of remote/internal/regtest that convert needs; regtest is internal to remote.
+
+// registryKinds are the registries every scenario runs against.
+func registryKinds() []string { return []string{"referrers-api", "distribution"} }
+
+// startRegistry starts a registry of kind and returns its host:port. wrap, when set, stands in
+// front of the in-process registry (to refuse auth or corrupt blobs).
+func startRegistry(t testing.TB, kind string, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	switch kind {
+	case "referrers-api":
+		var h http.Handler = registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
+		if wrap != nil {
+			h = wrap(h)
+		}
+		s := httptest.NewServer(h)
+		t.Cleanup(s.Close)
+		return strings.TrimPrefix(s.URL, "http://")
+	case "distribution":
+		if wrap != nil {
+			t.Fatal("the distribution registry cannot be wrapped")
+		}
+		return distribution(t)
+	}
+	t.Fatalf("unknown registry kind %q", kind)
+	return ""
+}
+
+// distribution starts the distribution registry binary with deletes enabled.
+func distribution(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("registry")
+	if err != nil {
+		t.Fatalf("the distribution registry binary is not on PATH (%v): run script/setup-test-env.sh", err)
+	}
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", cfgPath)
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		logf.Close()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return addr
+			}
+		}
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("registry exited: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry on %s not ready within 20s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// testCtx is bounded: every wait in these tests ends.
+func testCtx(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testRegistry is an anonymous remote.Registry with fast retries and no host configuration.
+func testRegistry(t testing.TB) *remote.Registry {
+	t.Helper()
+	r, err := remote.New(remote.WithHostsDir(t.TempDir()), remote.WithCredentials(remote.Anonymous()),
+		remote.WithRetry(2, 10*time.Millisecond, 50*time.Millisecond), remote.WithRequestTimeout(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// testConverter is a Converter over reg with small chunks, a fixed clock and temp files in
+// the test's directory.
+func testConverter(t testing.TB, reg *remote.Registry, opts ...Option) *Converter {
+	t.Helper()
+	clock := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	base := []Option{
+		WithLayerOptions(LayerOptions{ChunkSize: 64 << 10}),
+		WithTempDir(t.TempDir()),
+		WithClock(func() time.Time { clock = clock.Add(time.Second); return clock }),
+	}
+	c, err := New(reg, Access{Credentials: remote.Anonymous()}, append(base, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// testImage is an image pushed for a test.
+type testImage struct {
+	ref      string // host/repo:tag
+	manifest ocispec.Descriptor
+	// layers are the original tar bytes, bottom first.
+	tars    [][]byte
+	entries [][]testlayer.Entry
+	layers  []ocispec.Descriptor
+}
+
+// imageSpec describes an image to push: its platform and layers.
+type imageSpec struct {
+	platform string
+	layers   [][]testlayer.Entry
+	// corrupt, when set, changes the config's diff_id of that layer (index+1; 0 for none).
+	wrongDiffID int
+	// layerMediaType and configMediaType override the media types of layers and config.
+	layerMediaType, configMediaType string
+}
+
+// pushManifest pushes the layers, config and manifest of spec to repo (host/repo) by digest.
+func pushManifest(t testing.TB, reg *remote.Registry, repo string, spec imageSpec) *testImage {
+	t.Helper()
+	ctx := testCtx(t)
+	im := &testImage{}
+	var diffIDs []digest.Digest
+	for i, entries := range spec.layers {
+		tb, err := testlayer.Tar(entries, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gz := testlayer.Gzip(tb)
+		mt := ocispec.MediaTypeImageLayerGzip
+		if spec.layerMediaType != "" {
+			mt = spec.layerMediaType
+		}
+		d := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(gz), Size: int64(len(gz))}
+		if err := reg.PushBlob(ctx, repo, d, bytes.NewReader(gz)); err != nil {
+			t.Fatal(err)
+		}
+		diff := digest.FromBytes(tb)
+		if spec.wrongDiffID == i+1 {
+			diff = digest.FromString("not the layer")
+		}
+		diffIDs = append(diffIDs, diff)
+		im.tars = append(im.tars, tb)
+		im.entries = append(im.entries, entries)
+		im.layers = append(im.layers, d)
+	}
+	pl, err := ParsePlatforms([]string{spec.platform})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(ocispec.Image{
+		Platform: pl[0],
+		Config:   ocispec.ImageConfig{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
+	})
+	cd := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}
+	if spec.configMediaType != "" {
+		cd.MediaType = spec.configMediaType
+	}
+	if err := reg.PushBlob(ctx, repo, cd, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: im.layers}
+	m.SchemaVersion = 2
+	raw, _ := json.Marshal(m)
+	desc, err := reg.PushManifest(ctx, repo+"@"+digest.FromBytes(raw).String(), ocispec.MediaTypeImageManifest, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.manifest = desc
+	return im
+}
+
+// pushImage pushes a single-platform image at ref (host/repo:tag).
+func pushImage(t testing.TB, reg *remote.Registry, ref string, spec imageSpec) *testImage {
+	t.Helper()
+	repo, _, _ := strings.Cut(ref, ":")
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		repo = ref[:i]
+	}
+	im := pushManifest(t, reg, repo, spec)
+	raw, err := reg.FetchManifest(testCtx(t), repo+"@"+im.manifest.Digest.String(), im.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PushManifest(testCtx(t), ref, ocispec.MediaTypeImageManifest, raw); err != nil {
+		t.Fatal(err)
+	}
+	im.ref = ref
+	return im
+}
+
+// pushIndex pushes an index of the images at ref and returns its descriptor.
+func pushIndex(t testing.TB, reg *remote.Registry, ref string, ims map[string]*testImage, order []string) ocispec.Descriptor {
+	t.Helper()
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+	idx.SchemaVersion = 2
+	for _, p := range order {
+		d := ims[p].manifest
+		pl, err := ParsePlatforms([]string{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Platform = &pl[0]
+		d.Annotations = map[string]string{"org.example.kept": p}
+		idx.Manifests = append(idx.Manifests, d)
+		ims[p].ref = ref
+	}
+	idx.Annotations = map[string]string{"org.example.index": "kept"}
+	raw, _ := json.Marshal(idx)
+	desc, err := reg.PushManifest(testCtx(t), ref, ocispec.MediaTypeImageIndex, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return desc
+}
+
+// The platforms of the test images.
+const (
+	linuxAMD64 = "linux/amd64"
+	linuxARM64 = "linux/arm64/v8"
+)
