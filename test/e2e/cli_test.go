@@ -78,6 +78,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("crictl pull of the bound tag: %v", err)
 	}
 	assertUnpackedByRill(t, env, img)
+	assertStreamed(t, env, img.PushedImage, "bound-artifact")
 	res, err := env.CRI.RunInPod(ctx, podName(img), img.Ref, img.Command, runTimeout)
 	if err != nil {
 		t.Fatalf("running the image through CRI: %v", err)

@@ -52,21 +52,7 @@ func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImag
 	pulled := env.Proxy.BytesDown()
 	t.Logf("pulled %s in %s: %s of %s from the registry", ref, time.Since(began).Round(time.Millisecond), mib(pulled), mib(pushed.Size))
 
-	infos, err := env.Snapshotter.Snapshots(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	streamedLayers := map[string]bool{}
-	for _, info := range infos {
-		if info.Labels[labelRemote] != "" {
-			streamedLayers[chainOf(info.Name)] = true
-		}
-	}
-	for i, chain := range pushed.ChainIDs {
-		if !streamedLayers[chain.String()] {
-			t.Errorf("layer %d (chain %s) was not streamed; rill's log says:\n%s", i, chain, grepLog(t, env, "layer "))
-		}
-	}
+	assertStreamed(t, env, pushed, "estargz")
 	if pulled > pushed.Size/10 {
 		t.Errorf("the pull fetched %s of a %s image: more than a tenth", mib(pulled), mib(pushed.Size))
 	}
@@ -126,6 +112,30 @@ func dataBytes(t *testing.T, dir string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// assertStreamed checks that every layer of img is a streamed layer in rill, streamed for
+// reason.
+func assertStreamed(t *testing.T, env *harness.Env, img *harness.PushedImage, reason string) {
+	t.Helper()
+	infos, err := env.Snapshotter.Snapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamedLayers := map[string]bool{}
+	for _, info := range infos {
+		if info.Labels[labelRemote] != "" {
+			streamedLayers[chainOf(info.Name)] = true
+		}
+	}
+	for i, chain := range img.ChainIDs {
+		if !streamedLayers[chain.String()] {
+			t.Errorf("layer %d (chain %s) of %s was not streamed; rill's log says:\n%s", i, chain, img.Ref, grepLog(t, env, "layer "))
+		}
+	}
+	if log := grepLog(t, env, "layer streamed"); !strings.Contains(log, "reason="+reason) {
+		t.Errorf("rill did not log streaming for reason %s:\n%s", reason, log)
+	}
 }
 
 // assertFellBack checks that rill logged the full-pull decision for an ordinary image, with
