@@ -70,6 +70,8 @@ func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImag
 		t.Errorf("running %v fetched %s of a %s image: more than a quarter", smallRead, mib(ran), mib(pushed.Size))
 	}
 
+	testFaults(t, env, streamed, smallRead, smallWant)
+
 	// Every file of every package, read through rill, is the original.
 	stdout, stderr, err := env.Ctr.RunContainer(ctx, harness.CRINamespace, ref, podName(streamed)+"-all", img.Command...)
 	if err != nil {
@@ -112,6 +114,54 @@ func dataBytes(t *testing.T, dir string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// testFaults takes the registry away and crashes rill: what was read stays readable, what was
+// not fails within the read timeout and reads once the registry is back, and after a SIGKILL
+// the layers are mounted again from disk.
+func testFaults(t *testing.T, env *harness.Env, img pushedImage, smallRead []string, smallWant string) {
+	ctx := t.Context()
+	const unread = "/usr/share/common-licenses/GPL-3"
+	unreadWant := fileInLayers(t, img.TestImage, unread)
+	run := func(name string, command []string) *harness.ContainerResult {
+		t.Helper()
+		res, err := env.CRI.RunInPod(ctx, podName(img)+"-"+name, img.Ref, command, 2*time.Minute)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return res
+	}
+
+	env.Proxy.SetOutage(true)
+	if res := run("outage-local", smallRead); res.ExitCode != 0 || res.Stdout != smallWant {
+		t.Errorf("with the registry down, a container reading only local data: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	began := time.Now()
+	res := run("outage-remote", []string{"/bin/cat", unread})
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Input/output error") {
+		t.Errorf("with the registry down, reading data that is not local: exit %d, %d bytes, stderr %q; want an I/O error", res.ExitCode, len(res.Stdout), res.Stderr)
+	}
+	if res.Stdout != "" && !strings.HasPrefix(unreadWant, res.Stdout) {
+		t.Errorf("with the registry down, cat printed bytes that are not the file's")
+	}
+	t.Logf("with the registry down, the read failed after %s", time.Since(began).Round(time.Millisecond))
+	env.Proxy.SetOutage(false)
+	if res := run("registry-back", []string{"/bin/cat", unread}); res.ExitCode != 0 || res.Stdout != unreadWant {
+		t.Errorf("with the registry back: exit %d, %d bytes (want %d), stderr %q", res.ExitCode, len(res.Stdout), len(unreadWant), res.Stderr)
+	}
+
+	if err := env.Snapshotter.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Snapshotter.Start(ctx); err != nil {
+		t.Fatalf("starting rill-snapshotter after SIGKILL: %v", err)
+	}
+	if res := run("after-sigkill", []string{"/bin/cat", unread}); res.ExitCode != 0 || res.Stdout != unreadWant {
+		t.Errorf("after rill was killed and restarted: exit %d, %d bytes, stderr %q", res.ExitCode, len(res.Stdout), res.Stderr)
+	}
+	if log := grepLog(t, env, "streamed layer restored"); log == "" {
+		t.Errorf("rill did not restore its streamed layers after SIGKILL")
+	}
 }
 
 // assertStreamed checks that every layer of img is a streamed layer in rill, streamed for

@@ -17,6 +17,8 @@ type Proxy struct {
 	target string
 	down   atomic.Int64 // registry → client
 	up     atomic.Int64 // client → registry
+	// outage makes the proxy drop every connection: the registry is unreachable.
+	outage atomic.Bool
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -39,6 +41,20 @@ func (p *Proxy) Host() string { return p.lis.Addr().String() }
 
 // BytesDown is the number of bytes the registry has sent through the proxy.
 func (p *Proxy) BytesDown() int64 { return p.down.Load() }
+
+// SetOutage makes the registry unreachable through the proxy (every open connection is cut,
+// new ones are closed at once) or reachable again.
+func (p *Proxy) SetOutage(down bool) {
+	p.outage.Store(down)
+	if !down {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
 
 // ResetCounters sets the counters to zero.
 func (p *Proxy) ResetCounters() { p.down.Store(0); p.up.Store(0) }
@@ -69,6 +85,9 @@ func (p *Proxy) track(c net.Conn, add bool) bool {
 
 func (p *Proxy) serve(client net.Conn) {
 	defer client.Close()
+	if p.outage.Load() {
+		return
+	}
 	upstream, err := net.Dial("tcp", p.target)
 	if err != nil {
 		return

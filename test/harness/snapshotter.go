@@ -43,6 +43,8 @@ async_remove = true
 
 [streaming]
 hosts_dir = %q
+# Short, so that reads of a registry that is down fail fast in the tests.
+read_timeout = "5s"
 `
 
 // newSnapshotter prepares (but does not start) rill-snapshotter bin with its config, root and
@@ -85,6 +87,25 @@ func (s *Snapshotter) Stop(ctx context.Context) error {
 		return nil
 	}
 	return s.proc.Stop(ctx, 30*time.Second)
+}
+
+// Kill kills the daemon with SIGKILL, as a crash would, and waits for it to be gone. Its FUSE
+// mounts are left behind, disconnected.
+func (s *Snapshotter) Kill(ctx context.Context) error {
+	if s.proc == nil || s.proc.Exited() {
+		return nil
+	}
+	if err := s.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing rill-snapshotter: %w", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !s.proc.Exited() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("rill-snapshotter (pid %d) survived SIGKILL for 30s", s.proc.PID())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
 }
 
 // Restart stops the daemon and starts it again on the same root and socket.
