@@ -17,7 +17,7 @@ func NewMetrics() *Metrics {
 		}, []string{"result", "reason"}),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_layer_restores_total",
-			Help: "Streamed layers mounted again at start, by result (ok, degraded, failed).",
+			Help: "Streamed layers mounted again at start, by result (ok, or degraded: mounted as unavailable, reads fail).",
 		}, []string{"result"}),
 	}
 }

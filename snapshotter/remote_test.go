@@ -3,11 +3,13 @@ package snapshotter
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -420,4 +422,57 @@ func layerList(ds []digest.Digest) string {
 		s = append(s, d.String())
 	}
 	return strings.Join(s, ",")
+}
+
+// A streamed layer whose state on disk is lost does not keep the daemon from starting; it is
+// mounted as unavailable: reads fail with EIO instead of showing an empty layer.
+func TestUnrestorableLayerIsDegraded(t *testing.T) {
+	requireRoot(t)
+	resolver, digests := newLocalResolver(t, []testlayer.Entry{testlayer.Reg("data/file", []byte("x\n"), 0o644)})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, resolver.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tocs, _ := filepath.Glob(filepath.Join(root, "snapshots", "*", tocFile))
+	if len(tocs) != 1 {
+		t.Fatalf("want one stored TOC, found %v", tocs)
+	}
+	if err := os.Remove(tocs[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	metrics := NewMetrics()
+	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics))
+	if err != nil {
+		t.Fatalf("a lost layer kept the snapshotter from starting: %v", err)
+	}
+	defer sn.Close()
+	if got := testutil.ToFloat64(metrics.restores.WithLabelValues("degraded")); got != 1 {
+		t.Fatalf("degraded restores counted: %v", got)
+	}
+	view, release := mountView(t, ctx, sn, "view", "chain")
+	defer release()
+	if _, err := os.ReadDir(view); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("listing a degraded layer: %v, want EIO", err)
+	}
+	// The snapshot can still be removed, and its mount goes with it.
+	release()
+	if err := sn.Remove(ctx, "chain"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m := mountsUnder(t, root); len(m) != 0 {
+		t.Fatalf("mounts left: %v", m)
+	}
 }

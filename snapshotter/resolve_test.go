@@ -143,8 +143,9 @@ func (r *testRegistry) pushArtifact(t *testing.T, repo string, img *testImage, c
 	img.artifactDesc = r.pushJSON(t, repo+"@"+digest.FromBytes(b).String(), ocispec.MediaTypeImageManifest, art)
 }
 
-// tagIndex pushes at tag an index of the images; bound images name their artifact.
-func (r *testRegistry) tagIndex(t *testing.T, ref string, bind bool, imgs ...*testImage) {
+// tagIndex pushes at tag an index of the images; bound images name their artifact. It
+// returns the index's digest.
+func (r *testRegistry) tagIndex(t *testing.T, ref string, bind bool, imgs ...*testImage) digest.Digest {
 	t.Helper()
 	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
 	for _, img := range imgs {
@@ -156,7 +157,7 @@ func (r *testRegistry) tagIndex(t *testing.T, ref string, bind bool, imgs ...*te
 		}
 		idx.Manifests = append(idx.Manifests, d)
 	}
-	r.pushJSON(t, ref, ocispec.MediaTypeImageIndex, idx)
+	return r.pushJSON(t, ref, ocispec.MediaTypeImageIndex, idx).Digest
 }
 
 func TestRegistryResolverDecisions(t *testing.T) {
@@ -167,7 +168,7 @@ func TestRegistryResolverDecisions(t *testing.T) {
 
 	plain := r.pushImage(t, "app", amd64, false)
 	r.pushArtifact(t, "app", plain, false)
-	r.tagIndex(t, "app:bound", true, plain)
+	boundIndex := r.tagIndex(t, "app:bound", true, plain)
 	r.tagIndex(t, "app:unbound", false, plain)
 	arm := r.pushImage(t, "app", arm64, false)
 	r.pushArtifact(t, "app", arm, false)
@@ -191,6 +192,7 @@ func TestRegistryResolverDecisions(t *testing.T) {
 		wantNot    string // not streamed, with this reason
 	}{
 		{"bound artifact, pull by tag", TrustBound, "app:bound", plain, 1, reasonBound, ""},
+		{"bound artifact, pull by the index's digest", TrustBound, "app@" + boundIndex.String(), plain, 0, reasonBound, ""},
 		{"bound artifact in a multi-arch index", TrustBound, "app:multi", plain, 0, reasonBound, ""},
 		{"arm64 entry of the same index", TrustBound, "app:multi", arm, 0, "", "platform linux/arm64"},
 		{"referrer only, default trust", TrustBound, "app:unbound", plain, 0, "", "no-bound-artifact"},

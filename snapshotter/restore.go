@@ -44,8 +44,9 @@ func (s *Snapshotter) restore(ctx context.Context) {
 	for _, l := range layers {
 		entry := log.G(ctx).WithField("snapshot", l.name).WithField("id", l.id)
 		if err := s.restoreLayer(ctx, l.id); err != nil {
-			s.metrics.restores.WithLabelValues("failed").Inc()
-			entry.WithError(err).Error("streamed layer not restored: reads of it fail until its image is pulled again")
+			s.metrics.restores.WithLabelValues("degraded").Inc()
+			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until its image is removed and pulled again")
+			s.mountUnavailable(ctx, l.id)
 			continue
 		}
 		s.metrics.restores.WithLabelValues("ok").Inc()
@@ -92,6 +93,22 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
 	}
 	s.remote.add(id, ml)
 	return nil
+}
+
+// mountUnavailable puts a layer that answers EIO in place of one that could not be restored,
+// so that containers see errors rather than an empty layer.
+func (s *Snapshotter) mountUnavailable(ctx context.Context, id string) {
+	mountpoint := filepath.Join(s.snapshotsDir(), id, "fs")
+	if err := unmountStale(mountpoint); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("cannot clear the mountpoint of an unrestorable layer")
+		return
+	}
+	m, err := rillfs.MountUnavailable(mountpoint)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Error("cannot mount the unavailable form of a layer")
+		return
+	}
+	s.remote.add(id, &mountedLayer{mounted: m})
 }
 
 // unmountStale detaches a FUSE mount left by a daemon that died without unmounting (its

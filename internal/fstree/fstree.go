@@ -1,0 +1,129 @@
+package fstree
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Describe describes every path below root (root itself excluded). Directory mtimes and the
+// mtimes of whiteouts (0/0 character devices) are left out: extraction sets them to the time
+// it ran, for directories a layer only implies and for whiteouts.
+func Describe(root string) (map[string]string, error) {
+	out := map[string]string{}
+	firstByInode := map[uint64]string{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "." {
+			return nil
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		var b strings.Builder
+		fmt.Fprintf(&b, "mode=%v uid=%d gid=%d", fi.Mode(), st.Uid, st.Gid)
+		isWhiteout := fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0
+		if !fi.IsDir() && !isWhiteout {
+			fmt.Fprintf(&b, " mtime=%d", fi.ModTime().Unix())
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			sum, err := hashFile(p)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", rel, err)
+			}
+			fmt.Fprintf(&b, " size=%d sha256=%x", fi.Size(), sum)
+			if st.Nlink > 1 {
+				if first, ok := firstByInode[st.Ino]; ok {
+					fmt.Fprintf(&b, " hardlink-of=%s", first)
+				} else {
+					firstByInode[st.Ino] = rel
+				}
+				fmt.Fprintf(&b, " nlink=%d", st.Nlink)
+			}
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, " target=%s", target)
+		case fi.Mode()&os.ModeDevice != 0:
+			fmt.Fprintf(&b, " dev=%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		}
+		fmt.Fprintf(&b, " xattrs=%s", xattrs(p))
+		out[rel] = b.String()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("describe %s: %w", root, err)
+	}
+	return out, nil
+}
+
+func hashFile(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
+}
+
+func xattrs(p string) string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		return "error:" + err.Error()
+	}
+	var names []string
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if name != "" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var parts []string
+	for _, name := range names {
+		v := make([]byte, 64<<10)
+		m, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			parts = append(parts, name+"=error:"+err.Error())
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s=%q", name, v[:m]))
+	}
+	return "[" + strings.Join(parts, ",") + "]"
+}
+
+// Diff lists the paths whose descriptions differ, in order, as "path: want ... / got ...".
+func Diff(want, got map[string]string) []string {
+	var paths []string
+	for p := range want {
+		paths = append(paths, p)
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			paths = append(paths, p)
+		}
+	}
+	sort.Strings(paths)
+	var diffs []string
+	for _, p := range paths {
+		if want[p] != got[p] {
+			diffs = append(diffs, fmt.Sprintf("%s:\n  want: %s\n  got:  %s", p, want[p], got[p]))
+		}
+	}
+	return diffs
+}
