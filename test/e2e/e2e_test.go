@@ -28,6 +28,7 @@ func TestE2E(t *testing.T) {
 	t.Run("fixture", func(t *testing.T) { testImage(t, env, fixture) })
 	t.Run("debian", func(t *testing.T) { testImage(t, env, debian) })
 	t.Run("ordinary images are pulled in full", func(t *testing.T) { assertFellBack(t, env, "no-bound-artifact") })
+	t.Run("only the configured platforms stream", func(t *testing.T) { testPlatforms(t, env) })
 	t.Run("estargz-debian streams", func(t *testing.T) {
 		testStreamedImage(t, env, debian.TestImage, []string{"/bin/cat", "/etc/debian_version"},
 			fileInLayers(t, debian.TestImage, "etc/debian_version"))

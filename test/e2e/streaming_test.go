@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -250,3 +251,69 @@ func fileInLayers(t *testing.T, img *images.TestImage, path string) string {
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// testPlatforms pushes a multi-arch index of eStargz images: the amd64 image streams, the
+// arm64 one (a platform rill is not configured to stream) is pulled in full, with the reason
+// logged.
+func testPlatforms(t *testing.T, env *harness.Env) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	spec := func(arch string) harness.ImageSpec {
+		lw, err := harness.NewLayerWriter(filepath.Join(dir, arch+".tar.gz"), gzip.BestSpeed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content := "built for " + arch + "\n"
+		if err := lw.Add(&tar.Header{Typeflag: tar.TypeReg, Name: "arch", Mode: 0o644, Size: int64(len(content))}, strings.NewReader(content)); err != nil {
+			t.Fatal(err)
+		}
+		l, err := lw.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		esgz, err := images.EStargz(ctx, &images.TestImage{Repository: "rill/multiarch", Spec: harness.ImageSpec{Layers: []*harness.Layer{l}, Architecture: arch}}, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return esgz.Spec
+	}
+	ref := env.Registry.Host() + "/rill/multiarch:v1"
+	pushed, err := harness.PushIndex(ctx, ref, spec("amd64"), spec("arm64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd64, arm64 := pushed[0], pushed[1]
+	amd64.Ref, arm64.Ref = ref, ref
+
+	if _, stderr, err := env.Ctr.Run(ctx, harness.CRINamespace, "images", "pull", "--platform", "linux/arm64", "--snapshotter", harness.SnapshotterName,
+		"--hosts-dir", env.CertsDir, ref); err != nil {
+		t.Fatalf("ctr pull --platform linux/arm64: %v\n%s", err, stderr)
+	}
+	if log := grepLog(t, env, "layer pulled in full"); !strings.Contains(log, `reason="platform linux/arm64"`) {
+		t.Errorf("the arm64 pull was not logged as a full pull for its platform:\n%s", log)
+	}
+	infos, err := env.Snapshotter.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, info := range infos {
+		if chainOf(info.Name) == arm64.ChainIDs[0].String() {
+			found = true
+			if info.Labels[labelRemote] != "" {
+				t.Errorf("the arm64 layer was streamed")
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the arm64 layer was not unpacked into rill")
+	}
+
+	if _, err := env.CRI.Pull(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	assertStreamed(t, env, amd64, "estargz")
+	if err := env.CRI.RemoveImage(ctx, ref); err != nil {
+		t.Errorf("crictl rmi: %v", err)
+	}
+}

@@ -74,6 +74,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   platform = "linux/amd64"
   snapshotter = "rill"
   differ = "walking"
+
+# arm64 content cannot run here, but unpacks: the tests check that rill pulls it in full.
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "linux/arm64"
+  snapshotter = "rill"
+  differ = "walking"
 `
 
 // hostsConfig is the certs.d/<host>/hosts.toml of the registry: plain HTTP on loopback.
