@@ -74,6 +74,9 @@ type Node struct {
 // Index is a layer's validated tree.
 type Index struct {
 	Root *Node
+	// Prioritized are the regular files an eStargz writer placed before the prefetch landmark,
+	// in TOC order: a third-party eStargz image's start-up files.
+	Prioritized []string
 	// Files counts regular files (a hardlinked file once); Bytes their sizes.
 	Files int
 	Bytes int64
@@ -104,6 +107,8 @@ func NewIndex(toc *TOC) (*Index, error) {
 
 type indexBuilder struct {
 	toc *TOC
+	// regular files in TOC order, until the prefetch landmark.
+	regOrder []string
 	idx *Index
 	// nodes by cleaned path; kinds records the TOC type of each listed path, to reject
 	// duplicates and conflicts.
@@ -143,6 +148,9 @@ func (b *indexBuilder) build() error {
 			b.idx.Root.Implied = false
 			continue
 		}
+		if name == estargz.PrefetchLandmark && b.idx.Prioritized == nil {
+			b.idx.Prioritized = append([]string{}, b.regOrder...)
+		}
 		if prev, dup := b.kinds[name]; dup {
 			return fmt.Errorf("%s: listed twice (%s, then %s)", name, prev, e.Type)
 		}
@@ -154,6 +162,9 @@ func (b *indexBuilder) build() error {
 		}
 		if n != nil && n.Kind == KindReg && e.Type == "reg" {
 			lastFile, lastFileName = n, name
+			if b.idx.Prioritized == nil {
+				b.regOrder = append(b.regOrder, name)
+			}
 		}
 	}
 	return b.finish()
@@ -495,4 +506,26 @@ func (idx *Index) DropWhiteouts() {
 		n.Names = names
 	}
 	walk(idx.Root)
+}
+
+// Lookup returns the node at path (relative to the layer root, "/" and "./" prefixes
+// allowed), or nil.
+func (idx *Index) Lookup(path string) *Node {
+	name, err := cleanName(strings.TrimPrefix(path, "/"))
+	if err != nil {
+		return nil
+	}
+	n := idx.Root
+	if name == "" {
+		return n
+	}
+	for _, c := range strings.Split(name, "/") {
+		if n.Kind != KindDir {
+			return nil
+		}
+		if n = n.Children[c]; n == nil {
+			return nil
+		}
+	}
+	return n
 }

@@ -17,6 +17,7 @@ type Metrics struct {
 
 	// Children of the vectors above, resolved once.
 	fetchedOnDemand  prometheus.Counter
+	fetchedPrefetch  prometheus.Counter
 	hitBytes         prometheus.Counter
 	missBytes        prometheus.Counter
 	cacheOpenErrors  prometheus.Counter
@@ -28,7 +29,7 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		fetchedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_fs_fetched_bytes_total",
-			Help: "Compressed bytes of layer blobs fetched, by kind (on_demand: to serve reads).",
+			Help: "Compressed bytes of layer blobs fetched, by kind (on_demand: to serve reads; prefetch: the image's start-up files, in the background).",
 		}, []string{"kind"}),
 		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_fs_read_bytes_total",
@@ -48,6 +49,7 @@ func NewMetrics() *Metrics {
 		}),
 	}
 	m.fetchedOnDemand = m.fetchedBytes.WithLabelValues("on_demand")
+	m.fetchedPrefetch = m.fetchedBytes.WithLabelValues("prefetch")
 	m.hitBytes = m.readBytes.WithLabelValues("cache")
 	m.missBytes = m.readBytes.WithLabelValues("network")
 	m.cacheOpenErrors = m.cacheErrors.WithLabelValues("open")

@@ -53,6 +53,12 @@ type layerFS struct {
 type Mounted struct {
 	server     *fuse.Server
 	mountpoint string
+	lfs        *layerFS
+	idx        *Index
+	// ctx ends at Unmount: background work of the layer stops with it.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	prefetch *prefetcher
 }
 
 // Mount serves idx, whose file data is in blob, at mountpoint (an existing directory).
@@ -99,7 +105,8 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	if err != nil {
 		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
 	}
-	return &Mounted{server: server, mountpoint: mountpoint}, nil
+	bg, cancel := context.WithCancel(context.Background())
+	return &Mounted{server: server, mountpoint: mountpoint, lfs: lfs, idx: idx, ctx: bg, cancel: cancel}, nil
 }
 
 // buildTree creates the inodes of the whole tree once; hardlinked names share one inode.
@@ -140,6 +147,9 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 // of a running container holds it even once it is gone from the mount table — is served until
 // its last user lets go; Unmount waits for that until ctx ends, then reports it.
 func (m *Mounted) Unmount(ctx context.Context) error {
+	if m.cancel != nil {
+		m.cancel()
+	}
 	err := unix.Unmount(m.mountpoint, 0)
 	switch {
 	case err == nil:

@@ -1,14 +1,13 @@
 package fs
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
+	"time"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/cache"
 	"github.com/sirupsen/logrus"
 )
@@ -25,6 +24,18 @@ type chunkReader struct {
 	log     *logrus.Entry
 	// flights shares the fetch of a chunk among the reads that need it at the same time.
 	flights flights
+	// reading counts fetches for reads in flight: background work waits while it is not 0.
+	reading atomic.Int64
+}
+
+// yieldPoll is how often background work checks whether reads are still fetching.
+const yieldPoll = 2 * time.Millisecond
+
+// yield waits while reads are fetching, so that background fetches never delay them.
+func (r *chunkReader) yield(ctx context.Context) {
+	for r.reading.Load() > 0 && ctx.Err() == nil {
+		time.Sleep(yieldPoll)
+	}
 }
 
 // read returns the uncompressed bytes of c, verified against c.Digest. A chunk that fails
@@ -47,24 +58,14 @@ func (r *chunkReader) read(ctx context.Context, c Chunk) ([]byte, error) {
 }
 
 func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
+	r.reading.Add(1)
+	defer r.reading.Add(-1)
 	compressed := make([]byte, c.BlobEnd-c.BlobOffset)
 	if _, err := readFull(ctx, r.blob, compressed, c.BlobOffset); err != nil {
 		return nil, fmt.Errorf("fetch chunk at blob offset %d: %w", c.BlobOffset, err)
 	}
 	r.metrics.fetchedOnDemand.Add(float64(len(compressed)))
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
-	if err != nil {
-		return nil, fmt.Errorf("%w: blob offset %d: gzip: %v", ErrChunkVerification, c.BlobOffset, err)
-	}
-	zr.Multistream(false)
-	data := make([]byte, c.Size)
-	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("%w: blob offset %d: %v", ErrChunkVerification, c.BlobOffset, err)
-	}
-	if got := digest.FromBytes(data); got != c.Digest {
-		return nil, fmt.Errorf("%w: blob offset %d: digest %s, TOC says %s", ErrChunkVerification, c.BlobOffset, got, c.Digest)
-	}
-	return data, nil
+	return decompressChunk(compressed, c)
 }
 
 // readFile reads len(p) bytes of file n at off (fewer at the end of the file) through its

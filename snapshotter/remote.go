@@ -44,6 +44,9 @@ type RemoteLayer struct {
 	Reason string
 	// Blob reads Desc's bytes.
 	Blob Blob
+	// Prefetch are the image's start-up files (its prefetch profile), in first-access order;
+	// empty for a third-party eStargz layer, whose TOC marks them itself.
+	Prefetch []string
 }
 
 // NotStreamableError says why a layer is pulled in full.
@@ -84,8 +87,10 @@ type layerRecord struct {
 	TOCOffset int64              `json:"tocOffset"`
 	Reason    string             `json:"reason"`
 	// Bottom is set for a layer without a parent: its whiteouts are dropped.
-	Bottom  bool      `json:"bottom,omitempty"`
-	Mounted time.Time `json:"mounted"`
+	Bottom bool `json:"bottom,omitempty"`
+	// Prefetch is the layer's part of the image's prefetch profile.
+	Prefetch []string  `json:"prefetch,omitempty"`
+	Mounted  time.Time `json:"mounted"`
 }
 
 const (
@@ -118,7 +123,8 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	if bottom {
 		idx.DropWhiteouts()
 	}
-	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Mounted: time.Now().UTC()}
+	prefetch := prefetchPaths(idx, layer.Prefetch)
+	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return "internal-error", err
 	}
@@ -139,7 +145,24 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return "commit-error", commitErr
 	}
 	s.remote.add(id, ml)
+	ml.mounted.Prefetch(prefetch)
 	return layer.Reason, nil
+}
+
+// prefetchPaths returns the files of the layer to prefetch: the profile's paths this layer
+// has, in the profile's order, or for a layer without profile the files its eStargz writer
+// placed before the prefetch landmark.
+func prefetchPaths(idx *rillfs.Index, profile []string) []string {
+	if len(profile) == 0 {
+		return idx.Prioritized
+	}
+	var paths []string
+	for _, p := range profile {
+		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg {
+			paths = append(paths, p)
+		}
+	}
+	return paths
 }
 
 func (s *Snapshotter) snapshotID(ctx context.Context, key string) (string, error) {

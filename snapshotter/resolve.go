@@ -72,6 +72,8 @@ type image struct {
 	reason   string
 	// notStreamable is set when nothing of the image streams, with the reason.
 	notStreamable string
+	// profile is the artifact's prefetch profile.
+	profile []string
 }
 
 type imageEntry struct {
@@ -110,7 +112,9 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 	if err != nil {
 		return RemoteLayer{}, NotStreamable("bad-toc-annotation")
 	}
-	return r.remoteLayer(img.repo, streamed, d, img.reason)
+	rl, err := r.remoteLayer(img.repo, streamed, d, img.reason)
+	rl.Prefetch = img.profile
+	return rl, err
 }
 
 func (r *RegistryResolver) remoteLayer(repo string, desc ocispec.Descriptor, toc digest.Digest, reason string) (RemoteLayer, error) {
@@ -256,6 +260,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 				return img, nil
 			}
 			img.artifact, img.reason = art, reasonBound
+			img.profile = r.profile(ctx, art)
 			return img, nil
 		}
 	}
@@ -284,6 +289,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 			continue
 		}
 		img.artifact, img.reason = art, reasonReferrer
+		img.profile = r.profile(ctx, art)
 		return img, nil
 	}
 	img.reason = "no-artifact"
@@ -341,6 +347,20 @@ func (r *RegistryResolver) selectPlatform(index *ocispec.Index) (ocispec.Descrip
 		}
 	}
 	return ocispec.Descriptor{}, errors.New("no manifest for a streaming platform")
+}
+
+// profile decodes the artifact's prefetch profile; a broken one only costs prefetch.
+func (r *RegistryResolver) profile(ctx context.Context, art *ocispec.Manifest) []string {
+	encoded := art.Annotations[annotationPrefetch]
+	if encoded == "" {
+		return nil
+	}
+	paths, err := decodeProfile(encoded)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("streaming artifact's prefetch profile ignored")
+		return nil
+	}
+	return paths
 }
 
 func isIndex(mediaType string) bool {

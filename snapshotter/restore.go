@@ -92,6 +92,7 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
 		return err
 	}
 	s.remote.add(id, ml)
+	ml.mounted.Prefetch(rec.Prefetch) // what is still missing
 	return nil
 }
 

@@ -1,11 +1,14 @@
 package harness
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -29,8 +32,9 @@ type Containerd struct {
 }
 
 // containerdConfig is containerd's config (version 3, which containerd 2.x migrates). Its
-// arguments, in order: root, state, grpc socket, ttrpc socket, opt dir, rill's socket, the
-// sandbox image, the certs.d directory, the CNI bin dir and the CNI conf dir.
+// arguments, in order: root, state, grpc socket, ttrpc socket, rill's socket, more proxy
+// plugins, the opt dir, the CRI snapshotter, the sandbox image, the certs.d directory, the CNI
+// bin dir, the CNI conf dir and more unpack configs.
 const containerdConfig = `version = 3
 root = %q
 state = %q
@@ -51,12 +55,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   # containerd.io/snapshot/cri.* labels to the snapshotter.
   [proxy_plugins.rill.exports]
     enable_remote_snapshot_annotations = "true"
-
+%s
 [plugins.'io.containerd.internal.v1.opt']
   path = %q
 
 [plugins.'io.containerd.cri.v1.images']
-  snapshotter = "rill"
+  snapshotter = %q
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
   [plugins.'io.containerd.cri.v1.images'.registry]
@@ -80,7 +84,45 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   platform = "linux/arm64"
   snapshotter = "rill"
   differ = "walking"
+%s`
+
+// proxyPluginConfig declares one more proxy snapshotter: its name (twice) and socket.
+const proxyPluginConfig = `
+[proxy_plugins.%[1]s]
+  type = "snapshot"
+  address = %[2]q
+  [proxy_plugins.%[1]s.exports]
+    enable_remote_snapshot_annotations = "true"
 `
+
+// unpackConfig lets the transfer service unpack for one more snapshotter.
+const unpackConfig = `
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = %q
+  differ = "walking"
+`
+
+// containerdOptions are what a harness may change in containerd's config.
+type containerdOptions struct {
+	rillSocket, certsDir, sandboxImage string
+	// criSnapshotter is the snapshotter CRI pulls into ("" means rill).
+	criSnapshotter string
+	// proxySnapshotters are more proxy snapshotters, name → socket.
+	proxySnapshotters map[string]string
+}
+
+// extraConfig returns the proxy_plugins and unpack_config sections beyond rill's.
+func (o containerdOptions) extraConfig() (plugins, unpack string) {
+	names := slices.Sorted(maps.Keys(o.proxySnapshotters))
+	for _, name := range names {
+		plugins += fmt.Sprintf(proxyPluginConfig, name, o.proxySnapshotters[name])
+	}
+	if o.criSnapshotter != "" && o.criSnapshotter != SnapshotterName {
+		unpack += fmt.Sprintf(unpackConfig, o.criSnapshotter)
+	}
+	return plugins, unpack
+}
 
 // hostsConfig is the certs.d/<host>/hosts.toml of the registry: plain HTTP on loopback.
 const hostsConfig = `server = "http://%[1]s"
@@ -103,7 +145,7 @@ func writeHostsConfig(certsDir, host string) error {
 }
 
 // startContainerd writes the config under dir and starts containerd, logging into logDir.
-func startContainerd(ctx context.Context, dir, logDir, rillSocket, certsDir, sandboxImage string) (*Containerd, error) {
+func startContainerd(ctx context.Context, dir, logDir string, opts containerdOptions) (*Containerd, error) {
 	bin, err := LookTool("containerd")
 	if err != nil {
 		return nil, err
@@ -124,8 +166,11 @@ func startContainerd(ctx context.Context, dir, logDir, rillSocket, certsDir, san
 			return nil, fmt.Errorf("creating containerd's directories: %w", err)
 		}
 	}
+	criSnapshotter := cmp.Or(opts.criSnapshotter, SnapshotterName)
+	plugins, unpack := opts.extraConfig()
 	config := fmt.Appendf(nil, containerdConfig, dirs["root"], dirs["state"], c.socket, c.socket+".ttrpc",
-		rillSocket, dirs["opt"], sandboxImage, certsDir, dirs["cni-bin"], dirs["cni-conf"])
+		opts.rillSocket, plugins, dirs["opt"], criSnapshotter, opts.sandboxImage, opts.certsDir,
+		dirs["cni-bin"], dirs["cni-conf"], unpack)
 	if err := os.WriteFile(c.config, config, 0o644); err != nil {
 		return nil, fmt.Errorf("writing containerd's config: %w", err)
 	}

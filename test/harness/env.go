@@ -17,6 +17,25 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// TempDir is where the harness creates its directory; "" means os.TempDir().
 	TempDir string
+
+	// Registry, when set, is a registry already running (see StartRegistry) that the Env uses
+	// instead of starting its own; Close leaves it running. Benchmarks keep one registry (and
+	// what they pushed to it) across many fresh Envs.
+	Registry *Registry
+	// RegistryHosts are more host:port names of the registry (a proxy or an emulated link in
+	// front of it, on loopback, plain HTTP): containerd and rill-snapshotter get a hosts.toml
+	// for each, as for the registry itself.
+	RegistryHosts []string
+	// CRISnapshotter is the snapshotter CRI pulls and runs pods with: "" means rill; containerd's
+	// built-in "overlayfs" makes an ordinary full pull; the name of one of ProxySnapshotters
+	// makes CRI use that one.
+	CRISnapshotter string
+	// ProxySnapshotters declares more proxy snapshotters in containerd (name → unix socket),
+	// already running: other remote snapshotters to compare with rill.
+	ProxySnapshotters map[string]string
+	// MetricsAddress, when set, turns on rill-snapshotter's Prometheus endpoint there
+	// ("127.0.0.1:PORT").
+	MetricsAddress string
 }
 
 // Env is a running set of registry, rill-snapshotter and containerd, all below Dir.
@@ -38,8 +57,10 @@ type Env struct {
 
 	logDir string
 	logf   func(format string, args ...any)
-	unlock func() // releases the one-harness-per-machine lock
-	closed bool
+	// ownRegistry is true when Start started the registry (and Close stops it).
+	ownRegistry bool
+	unlock      func() // releases the one-harness-per-machine lock
+	closed      bool
 }
 
 // Start builds rill-snapshotter and the pause image from this repository, then starts the
@@ -102,10 +123,16 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}
 	e.logf("built rill-snapshotter and the pause image in %s", time.Since(began).Round(time.Millisecond))
 
-	if e.Registry, err = startRegistry(ctx, filepath.Join(dir, "registry"), e.logDir); err != nil {
-		return e, err
+	if opts.Registry != nil {
+		e.Registry = opts.Registry
+		e.logf("using the registry on %s (pid %d)", e.Registry.Host(), e.Registry.Process().PID())
+	} else {
+		if e.Registry, err = startRegistry(ctx, filepath.Join(dir, "registry"), e.logDir); err != nil {
+			return e, err
+		}
+		e.ownRegistry = true
+		e.logf("registry listening on %s (pid %d)", e.Registry.Host(), e.Registry.Process().PID())
 	}
-	e.logf("registry listening on %s (pid %d)", e.Registry.Host(), e.Registry.Process().PID())
 	if e.SandboxImage, err = Push(ctx, e.Registry.Host()+"/"+SandboxRepository, sandbox); err != nil {
 		return e, fmt.Errorf("pushing the pause image: %w", err)
 	}
@@ -113,13 +140,13 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		return e, err
 	}
 	e.CertsDir = filepath.Join(dir, "certs.d")
-	for _, host := range []string{e.Registry.Host(), e.Proxy.Host()} {
+	for _, host := range append([]string{e.Registry.Host(), e.Proxy.Host()}, opts.RegistryHosts...) {
 		if err := writeHostsConfig(e.CertsDir, host); err != nil {
 			return e, err
 		}
 	}
 
-	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir); err != nil {
+	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir, opts.MetricsAddress); err != nil {
 		return e, err
 	}
 	if err := e.Snapshotter.Start(ctx); err != nil {
@@ -127,8 +154,10 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}
 	e.logf("rill-snapshotter serving %s (pid %d)", e.Snapshotter.Socket(), e.Snapshotter.Process().PID())
 
-	e.Containerd, err = startContainerd(ctx, filepath.Join(dir, "containerd"), e.logDir,
-		e.Snapshotter.Socket(), e.CertsDir, e.SandboxImage.Ref)
+	e.Containerd, err = startContainerd(ctx, filepath.Join(dir, "containerd"), e.logDir, containerdOptions{
+		rillSocket: e.Snapshotter.Socket(), certsDir: e.CertsDir, sandboxImage: e.SandboxImage.Ref,
+		criSnapshotter: opts.CRISnapshotter, proxySnapshotters: opts.ProxySnapshotters,
+	})
 	if err != nil {
 		return e, fmt.Errorf("starting containerd: %w", err)
 	}
@@ -214,8 +243,8 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 			errs = append(errs, fmt.Errorf("closing the proxy: %w", err))
 		}
 	}
-	if e.Registry != nil {
-		_ = e.Registry.proc.Stop(ctx, 10*time.Second) // its exit status on SIGTERM is not ours to judge
+	if e.Registry != nil && e.ownRegistry {
+		_ = e.Registry.Stop(ctx)
 	}
 	for _, p := range e.Processes() {
 		if !p.Exited() {
@@ -239,10 +268,11 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 	return errors.Join(errs...)
 }
 
-// Processes returns the daemons the harness started (registry, rill-snapshotter, containerd).
+// Processes returns the daemons the harness started (registry unless given in Options,
+// rill-snapshotter, containerd).
 func (e *Env) Processes() []*Process {
 	var ps []*Process
-	if e.Registry != nil {
+	if e.Registry != nil && e.ownRegistry {
 		ps = append(ps, e.Registry.proc)
 	}
 	if e.Snapshotter != nil && e.Snapshotter.proc != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -31,8 +32,28 @@ http:
   addr: %s
 `
 
-// startRegistry starts the registry with its files under dir and its log in logDir.
-func startRegistry(ctx context.Context, dir, logDir string) (*Registry, error) {
+// StartRegistry starts a registry on its own, with its storage, config and log under dir, for
+// Options.Registry: it outlives the Envs that use it. Stop it with Stop.
+func StartRegistry(ctx context.Context, dir string) (*Registry, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the registry directory: %w", err)
+	}
+	return startRegistry(ctx, dir, dir)
+}
+
+// Stop stops the registry (SIGTERM, then SIGKILL after a grace period). Its exit status on
+// SIGTERM is not ours to judge.
+func (r *Registry) Stop(ctx context.Context) error {
+	_ = r.proc.Stop(ctx, 10*time.Second)
+	if !r.proc.Exited() {
+		return fmt.Errorf("registry (pid %d) is still running", r.proc.PID())
+	}
+	return nil
+}
+
+// startRegistry starts the registry with its files under dir and its log in logDir;
+// extra is YAML appended to the configuration (top-level sections the default has not).
+func startRegistry(ctx context.Context, dir, logDir string, extra ...string) (*Registry, error) {
 	bin, err := LookTool("registry")
 	if err != nil {
 		return nil, err
@@ -50,7 +71,7 @@ func startRegistry(ctx context.Context, dir, logDir string) (*Registry, error) {
 			return nil, err
 		}
 		config := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(config, fmt.Appendf(nil, registryConfig, storage, host), 0o644); err != nil {
+		if err := os.WriteFile(config, append(fmt.Appendf(nil, registryConfig, storage, host), strings.Join(extra, "")...), 0o644); err != nil {
 			return nil, fmt.Errorf("writing the registry config: %w", err)
 		}
 		env := append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
@@ -97,4 +118,34 @@ func freeLoopbackAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// NotifyEndpoint is a webhook the registry sends its event notifications to
+// (notifications.endpoints in its configuration).
+type NotifyEndpoint struct {
+	Name string
+	URL  string
+	// Headers are sent with every notification (e.g. Authorization).
+	Headers map[string]string
+}
+
+// StartRegistryNotifying is StartRegistry with the registry's push, pull and delete events
+// sent to endpoints: each envelope is retried (every 500ms) until the endpoint accepts it, so
+// an endpoint that is down for a while misses nothing the registry still holds in memory.
+func StartRegistryNotifying(ctx context.Context, dir string, endpoints ...NotifyEndpoint) (*Registry, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the registry directory: %w", err)
+	}
+	var b strings.Builder
+	b.WriteString("notifications:\n  endpoints:\n")
+	for _, e := range endpoints {
+		fmt.Fprintf(&b, "    - name: %q\n      url: %q\n      timeout: 5s\n      threshold: 3\n      backoff: 500ms\n", e.Name, e.URL)
+		if len(e.Headers) > 0 {
+			b.WriteString("      headers:\n")
+			for k, v := range e.Headers {
+				fmt.Fprintf(&b, "        %q: [%q]\n", k, v)
+			}
+		}
+	}
+	return startRegistry(ctx, dir, dir, b.String())
 }

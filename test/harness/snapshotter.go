@@ -45,11 +45,17 @@ async_remove = true
 hosts_dir = %q
 # Short, so that reads of a registry that is down fail fast in the tests.
 read_timeout = "5s"
+%s`
+
+// metricsConfig turns on rill-snapshotter's Prometheus endpoint at an address.
+const metricsConfig = `
+[metrics]
+address = %q
 `
 
 // newSnapshotter prepares (but does not start) rill-snapshotter bin with its config, root and
 // socket under dir and its log in logDir.
-func newSnapshotter(bin, dir, logDir, certsDir string) (*Snapshotter, error) {
+func newSnapshotter(bin, dir, logDir, certsDir, metricsAddress string) (*Snapshotter, error) {
 	s := &Snapshotter{
 		bin:     bin,
 		dir:     dir,
@@ -61,7 +67,11 @@ func newSnapshotter(bin, dir, logDir, certsDir string) (*Snapshotter, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the snapshotter directory: %w", err)
 	}
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, certsDir), 0o644); err != nil {
+	metrics := ""
+	if metricsAddress != "" {
+		metrics = fmt.Sprintf(metricsConfig, metricsAddress)
+	}
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, certsDir, metrics), 0o644); err != nil {
 		return nil, fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return s, nil

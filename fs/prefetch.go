@@ -1,0 +1,216 @@
+package fs
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/cache"
+	"github.com/sirupsen/logrus"
+)
+
+// Prefetch tuning: the profile is taken in windows of files (first-access order between
+// windows), each window's chunks sorted by blob offset and coalesced into ranges — neighbours
+// in the blob are usually used together — and several ranges are in flight at once.
+const (
+	prefetchWindowFiles = 64
+	prefetchMaxRange    = 4 << 20
+	prefetchMaxGap      = 256 << 10
+	prefetchParallel    = 4
+	prefetchTimeout     = 2 * time.Minute
+)
+
+// prefetcher fetches files of a layer into its cache in the background, yielding to reads.
+type prefetcher struct {
+	lfs  *layerFS
+	idx  *Index
+	done chan struct{}
+	// fetched is the compressed bytes fetched by prefetch.
+	fetched atomic.Int64
+}
+
+// Prefetch starts fetching the named files (paths in the layer, in first-access order) into
+// the layer's cache and returns at once: the container starts while the files arrive. Reads
+// go first: a prefetch range waits while reads are fetching. Paths the layer does not have are
+// skipped. Without a cache there is nowhere to put the files, and Prefetch does nothing.
+// Unmount stops it.
+func (m *Mounted) Prefetch(paths []string) {
+	if m.lfs.cache == nil || len(paths) == 0 {
+		return
+	}
+	p := &prefetcher{lfs: m.lfs, idx: m.idx, done: make(chan struct{})}
+	m.prefetch = p
+	go func() {
+		defer close(p.done)
+		began := time.Now()
+		files, chunks, err := p.run(m.ctx, paths)
+		entry := m.lfs.log.WithFields(logrus.Fields{"files": files, "chunks": chunks, "bytes": p.fetched.Load(), "duration": time.Since(began)})
+		if err != nil {
+			entry.WithError(err).Warn("prefetch stopped")
+			return
+		}
+		entry.Info("prefetch done")
+	}()
+}
+
+// PrefetchDone is closed when the prefetch started by Prefetch has ended (nil without one).
+func (m *Mounted) PrefetchDone() <-chan struct{} {
+	if m.prefetch == nil {
+		return nil
+	}
+	return m.prefetch.done
+}
+
+// prefetchChunk is a chunk of a file to prefetch.
+type prefetchChunk struct {
+	node  *Node
+	chunk Chunk
+}
+
+func (p *prefetcher) run(ctx context.Context, paths []string) (files, chunks int, err error) {
+	seen := map[*Node]bool{}
+	var window []*Node
+	flush := func() error {
+		if len(window) == 0 {
+			return nil
+		}
+		n, err := p.fetchWindow(ctx, window)
+		chunks += n
+		window = window[:0]
+		return err
+	}
+	for _, path := range paths {
+		n := p.idx.Lookup(path)
+		if n == nil || n.Kind != KindReg || len(n.Chunks) == 0 || seen[n] {
+			continue
+		}
+		seen[n] = true
+		files++
+		window = append(window, n)
+		if len(window) == prefetchWindowFiles {
+			if err := flush(); err != nil {
+				return files, chunks, err
+			}
+		}
+	}
+	return files, chunks, flush()
+}
+
+// fetchWindow fetches the missing chunks of files, coalesced into ranges, several at a time.
+func (p *prefetcher) fetchWindow(ctx context.Context, files []*Node) (int, error) {
+	var missing []prefetchChunk
+	handles := map[*Node]*cache.File{}
+	defer func() {
+		for _, cf := range handles {
+			cf.Close()
+		}
+	}()
+	for _, n := range files {
+		key, _ := cacheKey(n)
+		cf, err := p.lfs.cache.File(key, n.Size)
+		if err != nil {
+			return 0, fmt.Errorf("open cached file: %w", err)
+		}
+		handles[n] = cf
+		for _, c := range n.Chunks {
+			if len(cf.Missing(c.Offset, c.Size)) > 0 {
+				missing = append(missing, prefetchChunk{node: n, chunk: c})
+			}
+		}
+	}
+	slices.SortFunc(missing, func(a, b prefetchChunk) int { return int(a.chunk.BlobOffset - b.chunk.BlobOffset) })
+	ranges := coalesce(missing)
+
+	var (
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, prefetchParallel)
+		mu       sync.Mutex
+		firstErr error
+	)
+	for _, r := range ranges {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return len(missing), ctx.Err()
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := p.fetchRange(ctx, r, handles); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return len(missing), firstErr
+}
+
+// coalesce groups chunks sorted by blob offset into ranges of neighbours.
+func coalesce(chunks []prefetchChunk) [][]prefetchChunk {
+	var ranges [][]prefetchChunk
+	for _, c := range chunks {
+		if n := len(ranges); n > 0 {
+			r := ranges[n-1]
+			start, end := r[0].chunk.BlobOffset, r[len(r)-1].chunk.BlobEnd
+			if c.chunk.BlobOffset >= end && c.chunk.BlobOffset-end <= prefetchMaxGap && c.chunk.BlobEnd-start <= prefetchMaxRange {
+				ranges[n-1] = append(r, c)
+				continue
+			}
+		}
+		ranges = append(ranges, []prefetchChunk{c})
+	}
+	return ranges
+}
+
+// fetchRange fetches one coalesced range, verifies each chunk in it and stores it. A chunk
+// that fails verification is left to on-demand reads (which retry and count it).
+func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles map[*Node]*cache.File) error {
+	p.lfs.reader.yield(ctx)
+	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
+	defer cancel()
+	start, end := r[0].chunk.BlobOffset, r[len(r)-1].chunk.BlobEnd
+	buf := make([]byte, end-start)
+	if _, err := readFull(ctx, p.lfs.reader.blob, buf, start); err != nil {
+		return fmt.Errorf("prefetch blob range [%d, %d): %w", start, end, err)
+	}
+	p.fetched.Add(int64(len(buf)))
+	p.lfs.metrics.fetchedPrefetch.Add(float64(len(buf)))
+	for _, pc := range r {
+		c := pc.chunk
+		data, err := decompressChunk(buf[c.BlobOffset-start:c.BlobEnd-start], c)
+		if err != nil {
+			p.lfs.log.WithError(err).Debug("prefetched chunk failed verification; left to reads")
+			continue
+		}
+		p.lfs.reader.store(handles[pc.node], c, data)
+	}
+	return nil
+}
+
+// decompressChunk returns the verified bytes of chunk c from its compressed bytes.
+func decompressChunk(compressed []byte, c Chunk) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("%w: blob offset %d: gzip: %v", ErrChunkVerification, c.BlobOffset, err)
+	}
+	zr.Multistream(false)
+	data := make([]byte, c.Size)
+	if _, err := io.ReadFull(zr, data); err != nil {
+		return nil, fmt.Errorf("%w: blob offset %d: %v", ErrChunkVerification, c.BlobOffset, err)
+	}
+	if got := digest.FromBytes(data); got != c.Digest {
+		return nil, fmt.Errorf("%w: blob offset %d: digest %s, TOC says %s", ErrChunkVerification, c.BlobOffset, got, c.Digest)
+	}
+	return data, nil
+}
