@@ -109,7 +109,7 @@ type indexBuilder struct {
 	toc *TOC
 	// regular files in TOC order, until the prefetch landmark.
 	regOrder []string
-	idx *Index
+	idx      *Index
 	// nodes by cleaned path; kinds records the TOC type of each listed path, to reject
 	// duplicates and conflicts.
 	nodes map[string]*Node
