@@ -71,6 +71,9 @@ type Streaming struct {
 	// DockerConfig is the Docker config.json with registry credentials; empty means
 	// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
 	DockerConfig string `toml:"docker_config"`
+	// Passthrough lets the kernel read files complete in the cache directly (FUSE
+	// passthrough, Linux ≥ 6.9); where the kernel cannot, rill serves them itself.
+	Passthrough bool `toml:"passthrough"`
 }
 
 // ReadTimeoutDuration is ReadTimeout parsed (Validate has checked it).
@@ -121,6 +124,7 @@ func Default() Config {
 			ReadTimeout: "30s",
 			MaxTOCBytes: 64 << 20,
 			HostsDir:    "/etc/containerd/certs.d",
+			Passthrough: true,
 		},
 		Cache: Cache{MaxSize: "10GiB"},
 	}

@@ -191,7 +191,8 @@ func TestReadsAfterTheFirstComeFromTheCache(t *testing.T) {
 	_, layer, _ := cl.openCache(t, t.TempDir())
 	blob := newRegistryBlob(cl.blob)
 	metrics := NewMetrics()
-	mnt, _ := cl.mount(t, blob, MountOptions{Cache: layer, Metrics: metrics})
+	// Without passthrough, so that every read reaches rill and is counted.
+	mnt, _ := cl.mount(t, blob, MountOptions{Cache: layer, Metrics: metrics, NoPassthrough: true})
 
 	for _, name := range []string{"big", "small", "empty"} {
 		cl.mustReadFile(t, mnt, name)

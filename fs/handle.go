@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"syscall"
 
@@ -17,12 +18,33 @@ import (
 type fileHandle struct {
 	file   *fileNode
 	cached *cache.File // nil: reads go to the blob only
+	// local is the complete cached data the kernel reads directly (passthrough).
+	local *os.File
 }
 
 var (
-	_ gofs.FileReader   = (*fileHandle)(nil)
-	_ gofs.FileReleaser = (*fileHandle)(nil)
+	_ gofs.FileReader          = (*fileHandle)(nil)
+	_ gofs.FileReleaser        = (*fileHandle)(nil)
+	_ gofs.FilePassthroughFder = (*fileHandle)(nil)
 )
+
+// PassthroughFd hands the kernel the local data of a file that is complete in the cache: its
+// reads then never reach rill (FUSE passthrough, Linux ≥ 6.9, as root). A file not complete is
+// served by Read — open() never waits for a download. The handle keeps the cached file open,
+// so it is not evicted while the kernel reads it. go-fuse falls back silently where the kernel
+// refuses.
+func (h *fileHandle) PassthroughFd() (int, bool) {
+	if h.cached == nil || h.file.layer.noPassthrough || !h.cached.Complete() {
+		return 0, false
+	}
+	f, err := h.cached.OpenComplete()
+	if err != nil {
+		return 0, false
+	}
+	h.local = f
+	h.file.layer.metrics.passthroughOpens.Inc()
+	return int(f.Fd()), true
+}
 
 // cacheKey is the name of a regular file's content in the layer's cache: the blob offset of
 // its first chunk, stable across restarts and shared by hardlinks. Files without chunks
@@ -71,6 +93,9 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 // Release closes the handle's cached content. go-fuse calls it once the handle's reads have
 // returned, so none of them uses it any more.
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if h.local != nil {
+		h.local.Close()
+	}
 	if h.cached != nil {
 		h.cached.Close()
 	}

@@ -18,6 +18,7 @@ type Metrics struct {
 	// Children of the vectors above, resolved once.
 	fetchedOnDemand  prometheus.Counter
 	fetchedPrefetch  prometheus.Counter
+	passthroughOpens prometheus.Counter
 	hitBytes         prometheus.Counter
 	missBytes        prometheus.Counter
 	cacheOpenErrors  prometheus.Counter
@@ -50,6 +51,10 @@ func NewMetrics() *Metrics {
 	}
 	m.fetchedOnDemand = m.fetchedBytes.WithLabelValues("on_demand")
 	m.fetchedPrefetch = m.fetchedBytes.WithLabelValues("prefetch")
+	m.passthroughOpens = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rill_fs_passthrough_opens_total",
+		Help: "Opens of files complete in the cache handed to the kernel (FUSE passthrough): their reads never reach rill.",
+	})
 	m.hitBytes = m.readBytes.WithLabelValues("cache")
 	m.missBytes = m.readBytes.WithLabelValues("network")
 	m.cacheOpenErrors = m.cacheErrors.WithLabelValues("open")
@@ -59,5 +64,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors}
+	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens}
 }

@@ -31,6 +31,8 @@ type MountOptions struct {
 	// layer is mounted (so that what it reads stays), and releases it once the layer is no
 	// longer served (Unmount returned nil, or Wait returned). Mount neither pins nor releases.
 	Cache *cache.Layer
+	// NoPassthrough keeps every read in user space, even of files complete in the cache.
+	NoPassthrough bool
 }
 
 // cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
@@ -39,11 +41,12 @@ const cacheForever = 365 * 24 * time.Hour
 
 // layerFS is what the nodes of one mounted layer share.
 type layerFS struct {
-	reader      *chunkReader
-	cache       *cache.Layer // nil: no cache
-	readTimeout time.Duration
-	metrics     *Metrics
-	log         *logrus.Entry
+	noPassthrough bool
+	reader        *chunkReader
+	cache         *cache.Layer // nil: no cache
+	readTimeout   time.Duration
+	metrics       *Metrics
+	log           *logrus.Entry
 	// bytes and files of the layer, for statfs.
 	bytes int64
 	files int
@@ -74,13 +77,14 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	}
 	log := opts.Log.WithField("mountpoint", mountpoint)
 	lfs := &layerFS{
-		reader:      &chunkReader{blob: blob, metrics: opts.Metrics, log: log},
-		cache:       opts.Cache,
-		readTimeout: opts.ReadTimeout,
-		metrics:     opts.Metrics,
-		log:         log,
-		bytes:       idx.Bytes,
-		files:       idx.Files,
+		reader:        &chunkReader{blob: blob, metrics: opts.Metrics, log: log},
+		cache:         opts.Cache,
+		noPassthrough: opts.NoPassthrough,
+		readTimeout:   opts.ReadTimeout,
+		metrics:       opts.Metrics,
+		log:           log,
+		bytes:         idx.Bytes,
+		files:         idx.Files,
 	}
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
 	timeout := cacheForever

@@ -117,11 +117,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.EROFS
 	}
 	h := openHandle(f)
-	// Passthrough goes here (next step): when h.cached.Complete(), h.cached.OpenComplete()
-	// gives a descriptor of the complete, checked data for the kernel to read directly (a
-	// FilePassthroughFder handle); h keeps h.cached open for as long as the kernel uses it.
-	//
-	// The layer never changes: let the kernel keep pages between opens.
+	// The layer never changes: let the kernel keep pages between opens. A file complete in
+	// the cache is read by the kernel itself (passthrough, see fileHandle.PassthroughFd).
 	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK
 }
 

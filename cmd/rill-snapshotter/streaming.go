@@ -59,8 +59,9 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		snapshotter.WithResolver(resolver),
 		snapshotter.WithCache(store),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
-			ReadTimeout: c.ReadTimeoutDuration(),
-			Metrics:     fsMetrics,
+			ReadTimeout:   c.ReadTimeoutDuration(),
+			Metrics:       fsMetrics,
+			NoPassthrough: !c.Passthrough,
 		}),
 	), closeCache, nil
 }

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/test/harness"
+	"github.com/rillstream/rill/test/images"
+)
+
+// prepare pushes what the modes pull for workload w and returns, per mode, the reference a
+// node pulls (through the link). Pushes and `rill create` talk to the registry directly.
+//
+//	full          bench/W:full          the image as built
+//	rill          bench/W:rill          the same image, with a streaming artifact bound by rill create
+//	rill-profile  bench/W-profile:rill  the same, created with --prefetch-profile
+//	peer          bench/W-estargz:peer  the image converted to eStargz (or --peer-image)
+func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, error) {
+	reg, via := bn.registry.Host(), bn.link.Addr()
+	spec := harness.ImageSpec{Layers: w.layers, Config: w.config}
+	refs := map[string]string{}
+	push := func(repo string) error {
+		began := time.Now()
+		if _, err := harness.Push(ctx, reg+"/"+repo, spec); err != nil {
+			return err
+		}
+		bn.logf("pushed %s in %s", repo, time.Since(began).Round(time.Millisecond))
+		return nil
+	}
+	for _, mode := range bn.cfg.modes {
+		switch mode {
+		case modeFull:
+			if err := push("bench/" + w.name + ":full"); err != nil {
+				return nil, err
+			}
+			refs[mode] = via + "/bench/" + w.name + ":full"
+		case modeRill:
+			repo := "bench/" + w.name + ":rill"
+			if err := push(repo); err != nil {
+				return nil, err
+			}
+			if err := bn.rillCreate(ctx, reg+"/"+repo, ""); err != nil {
+				return nil, err
+			}
+			refs[mode] = via + "/" + repo
+		case modeRillProfile:
+			repo := "bench/" + w.name + "-profile:rill"
+			if err := push(repo); err != nil {
+				return nil, err
+			}
+			profile := filepath.Join(bn.work, w.name+".profile")
+			if err := os.WriteFile(profile, []byte(strings.Join(w.profile, "\n")+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+			bn.logf("%s: prefetch profile of %d paths, %s", w.name, len(w.profile), w.profileSource)
+			if err := bn.rillCreate(ctx, reg+"/"+repo, profile); err != nil {
+				return nil, err
+			}
+			refs[mode] = via + "/" + repo
+		case modePeer:
+			ref, err := bn.preparePeer(ctx, w)
+			if err != nil {
+				return nil, err
+			}
+			refs[mode] = ref
+		}
+	}
+	return refs, nil
+}
+
+// rillCreate runs `rill create` for ref (on the registry itself), with a profile if given.
+func (bn *bench) rillCreate(ctx context.Context, ref, profile string) error {
+	empty := filepath.Join(bn.work, "no-hosts")
+	if err := os.MkdirAll(empty, 0o755); err != nil {
+		return err
+	}
+	args := []string{"create", ref, "--plain-http", "--hosts-dir", empty, "--docker-config", filepath.Join(empty, "none.json")}
+	if profile != "" {
+		args = append(args, "--prefetch-profile", profile)
+	}
+	began := time.Now()
+	cmd := exec.CommandContext(ctx, bn.rillCLI, args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("rill %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if strings.Contains(line, "created the streaming artifact") || strings.Contains(line, "prefetch profile") {
+			bn.logf("  rill create: %s", line)
+		}
+	}
+	bn.logf("rill create %s took %s", ref, time.Since(began).Round(time.Millisecond))
+	return nil
+}
+
+// preparePeer pushes what the peer pulls for w: the eStargz conversion, or nothing when
+// --peer-image names a reference.
+func (bn *bench) preparePeer(ctx context.Context, w *workload) (string, error) {
+	img := bn.cfg.peer.image(w.name)
+	if img != "estargz" {
+		return strings.ReplaceAll(img, "{registry}", bn.link.Addr()), nil
+	}
+	dir := filepath.Join(bn.work, "estargz-"+w.name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	ti := &images.TestImage{Repository: "bench/" + w.name + ":peer", Spec: harness.ImageSpec{Layers: w.layers, Config: w.config}}
+	es, err := images.EStargz(ctx, ti, dir)
+	if err != nil {
+		return "", fmt.Errorf("converting %s to eStargz for the peer: %w", w.name, err)
+	}
+	if _, err := es.Push(ctx, bn.registry.Host()); err != nil {
+		return "", err
+	}
+	bn.logf("pushed %s (eStargz, for the peer)", es.Repository)
+	return bn.link.Addr() + "/" + es.Repository, nil
+}
+
+// readProfile reads a prefetch profile file (as rill create does).
+func readProfile(file string) ([]string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("--profile: %w", err)
+	}
+	defer f.Close()
+	paths, err := convert.ParseProfile(f)
+	if err != nil {
+		return nil, fmt.Errorf("--profile %s: %w", file, err)
+	}
+	return slices.Clip(paths), nil
+}
