@@ -74,6 +74,10 @@ type Streaming struct {
 	// Passthrough lets the kernel read files complete in the cache directly (FUSE
 	// passthrough, Linux ≥ 6.9); where the kernel cannot, rill serves them itself.
 	Passthrough bool `toml:"passthrough"`
+	// BackgroundFetch makes every streamed layer complete in the background, after its
+	// prefetch and yielding to reads, and checks a streaming artifact's layer against the
+	// original's diff_id once complete.
+	BackgroundFetch bool `toml:"background_fetch"`
 }
 
 // ReadTimeoutDuration is ReadTimeout parsed (Validate has checked it).
@@ -118,13 +122,14 @@ func Default() Config {
 			AsyncRemove: true,
 		},
 		Streaming: Streaming{
-			Enabled:     true,
-			Platforms:   []string{"linux/amd64"},
-			Trust:       "bound",
-			ReadTimeout: "30s",
-			MaxTOCBytes: 64 << 20,
-			HostsDir:    "/etc/containerd/certs.d",
-			Passthrough: true,
+			Enabled:         true,
+			Platforms:       []string{"linux/amd64"},
+			Trust:           "bound",
+			ReadTimeout:     "30s",
+			MaxTOCBytes:     64 << 20,
+			HostsDir:        "/etc/containerd/certs.d",
+			Passthrough:     true,
+			BackgroundFetch: true,
 		},
 		Cache: Cache{MaxSize: "10GiB"},
 	}

@@ -80,6 +80,8 @@ type Index struct {
 	// Files counts regular files (a hardlinked file once); Bytes their sizes.
 	Files int
 	Bytes int64
+	// DataEnd is where the file data of the blob ends: the offset of the TOC's gzip member.
+	DataEnd int64
 }
 
 // hidden are eStargz bookkeeping entries that are not part of the layer's content.
@@ -99,6 +101,7 @@ func NewIndex(toc *TOC) (*Index, error) {
 		kinds: map[string]string{},
 	}
 	b.nodes[""] = b.idx.Root
+	b.idx.DataEnd = toc.Offset
 	if err := b.build(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
 	}

@@ -16,13 +16,15 @@ type Metrics struct {
 	readErrors           prometheus.Counter
 
 	// Children of the vectors above, resolved once.
-	fetchedOnDemand  prometheus.Counter
-	fetchedPrefetch  prometheus.Counter
-	passthroughOpens prometheus.Counter
-	hitBytes         prometheus.Counter
-	missBytes        prometheus.Counter
-	cacheOpenErrors  prometheus.Counter
-	cacheWriteErrors prometheus.Counter
+	fetchedOnDemand   prometheus.Counter
+	fetchedPrefetch   prometheus.Counter
+	passthroughOpens  prometheus.Counter
+	fetchedBackground prometheus.Counter
+	layerMismatches   prometheus.Counter
+	hitBytes          prometheus.Counter
+	missBytes         prometheus.Counter
+	cacheOpenErrors   prometheus.Counter
+	cacheWriteErrors  prometheus.Counter
 }
 
 // NewMetrics creates the collectors.
@@ -51,6 +53,11 @@ func NewMetrics() *Metrics {
 	}
 	m.fetchedOnDemand = m.fetchedBytes.WithLabelValues("on_demand")
 	m.fetchedPrefetch = m.fetchedBytes.WithLabelValues("prefetch")
+	m.fetchedBackground = m.fetchedBytes.WithLabelValues("background")
+	m.layerMismatches = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rill_fs_layer_mismatches_total",
+		Help: "Streamed layers that, once complete, did not decompress to the original layer's bytes (an alarm).",
+	})
 	m.passthroughOpens = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rill_fs_passthrough_opens_total",
 		Help: "Opens of files complete in the cache handed to the kernel (FUSE passthrough): their reads never reach rill.",
@@ -64,5 +71,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens}
+	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens, m.layerMismatches}
 }

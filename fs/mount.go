@@ -77,7 +77,7 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	}
 	log := opts.Log.WithField("mountpoint", mountpoint)
 	lfs := &layerFS{
-		reader:        &chunkReader{blob: blob, metrics: opts.Metrics, log: log},
+		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log},
 		cache:         opts.Cache,
 		noPassthrough: opts.NoPassthrough,
 		readTimeout:   opts.ReadTimeout,

@@ -188,29 +188,40 @@ func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles 
 	p.lfs.metrics.fetchedPrefetch.Add(float64(len(buf)))
 	for _, pc := range r {
 		c := pc.chunk
-		data, err := decompressChunk(buf[c.BlobOffset-start:c.BlobEnd-start], c)
+		data, extra, err := decompressSegment(buf[c.BlobOffset-start:c.BlobEnd-start], c)
 		if err != nil {
 			p.lfs.log.WithError(err).Debug("prefetched chunk failed verification; left to reads")
 			continue
 		}
 		p.lfs.reader.store(handles[pc.node], c, data)
+		p.lfs.reader.storeExtra(c.BlobOffset, extra)
 	}
 	return nil
 }
 
-// decompressChunk returns the verified bytes of chunk c from its compressed bytes.
-func decompressChunk(compressed []byte, c Chunk) ([]byte, error) {
+// maxSegmentExtra bounds the decompressed bytes that follow a chunk in its blob segment (tar
+// padding and the headers of the entries up to the next chunk): a bound against gzip bombs.
+const maxSegmentExtra = 256 << 20
+
+// decompressSegment decompresses a chunk's blob segment — the gzip members from the chunk's
+// offset to the next chunk's — and returns the chunk's bytes, verified against its digest, and
+// the tar bytes that follow them in the segment (extra; verified only with the whole layer).
+func decompressSegment(compressed []byte, c Chunk) (data, extra []byte, err error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("%w: blob offset %d: gzip: %v", ErrChunkVerification, c.BlobOffset, err)
+		return nil, nil, fmt.Errorf("%w: blob offset %d: gzip: %v", ErrChunkVerification, c.BlobOffset, err)
 	}
-	zr.Multistream(false)
-	data := make([]byte, c.Size)
+	data = make([]byte, c.Size)
 	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("%w: blob offset %d: %v", ErrChunkVerification, c.BlobOffset, err)
+		return nil, nil, fmt.Errorf("%w: blob offset %d: %v", ErrChunkVerification, c.BlobOffset, err)
 	}
 	if got := digest.FromBytes(data); got != c.Digest {
-		return nil, fmt.Errorf("%w: blob offset %d: digest %s, TOC says %s", ErrChunkVerification, c.BlobOffset, got, c.Digest)
+		return nil, nil, fmt.Errorf("%w: blob offset %d: digest %s, TOC says %s", ErrChunkVerification, c.BlobOffset, got, c.Digest)
 	}
-	return data, nil
+	extra, err = io.ReadAll(io.LimitReader(zr, maxSegmentExtra+1))
+	if err != nil || len(extra) > maxSegmentExtra {
+		// The chunk is good; only the bookkeeping for whole-layer verification is lost.
+		return data, nil, nil
+	}
+	return data, extra, nil
 }

@@ -23,6 +23,7 @@ type switchableBlob struct {
 	delay time.Duration
 	down  atomic.Bool
 	reads atomic.Int64
+	bytes atomic.Int64
 }
 
 func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
@@ -31,7 +32,9 @@ func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
 	if b.down.Load() {
 		return 0, errors.New("registry unreachable")
 	}
-	return copy(p, b.data[off:]), nil
+	n := copy(p, b.data[off:])
+	b.bytes.Add(int64(n))
+	return n, nil
 }
 
 func mountWithCache(t *testing.T, entries []testlayer.Entry, blob *switchableBlob, metrics *Metrics) *Mounted {

@@ -19,7 +19,9 @@ var ErrChunkVerification = errors.New("chunk failed verification")
 // cached content where it has it (stored only once verified), else fetched from the blob,
 // verified, and stored in the cache.
 type chunkReader struct {
-	blob    io.ReaderAt
+	blob io.ReaderAt
+	// cache is the layer's cache (nil: none), for the segments' extra bytes.
+	cache   *cache.Layer
 	metrics *Metrics
 	log     *logrus.Entry
 	// flights shares the fetch of a chunk among the reads that need it at the same time.
@@ -65,7 +67,11 @@ func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
 		return nil, fmt.Errorf("fetch chunk at blob offset %d: %w", c.BlobOffset, err)
 	}
 	r.metrics.fetchedOnDemand.Add(float64(len(compressed)))
-	return decompressChunk(compressed, c)
+	data, extra, err := decompressSegment(compressed, c)
+	if err == nil {
+		r.storeExtra(c.BlobOffset, extra)
+	}
+	return data, err
 }
 
 // readFile reads len(p) bytes of file n at off (fewer at the end of the file) through its

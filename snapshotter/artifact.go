@@ -18,6 +18,10 @@ const (
 	annotationBinding = "dev.rill.streaming.v1.manifest"
 	// annotationOriginalDigest, on an artifact layer, names the original layer it converts.
 	annotationOriginalDigest = "dev.rill.streaming.v1.original.digest"
+	// annotationOriginalDiffID and annotationOriginalSize, on an artifact layer, are the
+	// original's diff_id and tar length: what the layer must decompress to.
+	annotationOriginalDiffID = "dev.rill.streaming.v1.original.diffid"
+	annotationOriginalSize   = "dev.rill.streaming.v1.original.uncompressed-size"
 	// annotationTOCDigest is the eStargz TOC digest of a layer.
 	annotationTOCDigest = labelTOCDigest
 	// annotationPrefetch, on the artifact, is its prefetch profile: a base64, gzipped JSON

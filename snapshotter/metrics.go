@@ -4,8 +4,9 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the snapshotter's collectors; the daemon registers them.
 type Metrics struct {
-	decisions *prometheus.CounterVec
-	restores  *prometheus.CounterVec
+	decisions     *prometheus.CounterVec
+	restores      *prometheus.CounterVec
+	verifications *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors.
@@ -19,12 +20,16 @@ func NewMetrics() *Metrics {
 			Name: "rill_layer_restores_total",
 			Help: "Streamed layers mounted again at start, by result (ok, or degraded: mounted as unavailable, reads fail).",
 		}, []string{"result"}),
+		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rill_layer_verifications_total",
+			Help: "Streamed layers made complete in the background and checked against the original layer, by result (ok, mismatch: an alarm, incomplete: not checked).",
+		}, []string{"result"}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.decisions, m.restores}
+	return []prometheus.Collector{m.decisions, m.restores, m.verifications}
 }
 
 func (m *Metrics) decision(result, reason string) { m.decisions.WithLabelValues(result, reason).Inc() }

@@ -47,6 +47,9 @@ type RemoteLayer struct {
 	// Prefetch are the image's start-up files (its prefetch profile), in first-access order;
 	// empty for a third-party eStargz layer, whose TOC marks them itself.
 	Prefetch []string
+	// Original is what a streaming artifact's layer must decompress to, checked once the
+	// layer is complete; nil for a third-party eStargz layer.
+	Original *rillfs.Original
 }
 
 // NotStreamableError says why a layer is pulled in full.
@@ -89,8 +92,10 @@ type layerRecord struct {
 	// Bottom is set for a layer without a parent: its whiteouts are dropped.
 	Bottom bool `json:"bottom,omitempty"`
 	// Prefetch is the layer's part of the image's prefetch profile.
-	Prefetch []string  `json:"prefetch,omitempty"`
-	Mounted  time.Time `json:"mounted"`
+	Prefetch []string `json:"prefetch,omitempty"`
+	// Original is what the layer must decompress to (streaming artifacts).
+	Original *rillfs.Original `json:"original,omitempty"`
+	Mounted  time.Time        `json:"mounted"`
 }
 
 const (
@@ -110,6 +115,9 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return loaded.reason, err
 	}
 	layer, toc, tocJSON := loaded.layer, loaded.toc, loaded.tocJSON
+	if s.failed.has(layer.Desc.Digest) {
+		return "verification-failed", fmt.Errorf("layer blob %s failed verification against the original before: not streamed again", layer.Desc.Digest)
+	}
 	id, err := s.snapshotID(ctx, key)
 	if err != nil {
 		return "internal-error", err
@@ -124,7 +132,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		idx.DropWhiteouts()
 	}
 	prefetch := prefetchPaths(idx, layer.Prefetch)
-	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Mounted: time.Now().UTC()}
+	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return "internal-error", err
 	}
@@ -146,6 +154,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	}
 	s.remote.add(id, ml)
 	ml.mounted.Prefetch(prefetch)
+	s.startBackground(ml, layer.Original)
 	return layer.Reason, nil
 }
 

@@ -476,3 +476,75 @@ func TestUnrestorableLayerIsDegraded(t *testing.T) {
 		t.Fatalf("mounts left: %v", m)
 	}
 }
+
+// originalResolver is a localResolver that names each layer's original, or a wrong one.
+type originalResolver struct {
+	*localResolver
+	wrong bool
+}
+
+func (r *originalResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLayer, error) {
+	rl, err := r.localResolver.Resolve(ctx, l)
+	if err != nil {
+		return rl, err
+	}
+	conv := r.layers[l.Layer].conv
+	rl.Original = &rillfs.Original{DiffID: conv.OriginalDiffID, Size: conv.OriginalSize}
+	if r.wrong {
+		rl.Original.DiffID = digest.FromString("another layer")
+	}
+	return rl, nil
+}
+
+// Streamed layers become complete in the background and are checked against the original; a
+// layer that does not match raises the alarm and is never streamed again.
+func TestBackgroundVerification(t *testing.T) {
+	requireRoot(t)
+	for _, wrong := range []bool{false, true} {
+		local, digests := newLocalResolver(t, append(testlayer.EveryKind(), testlayer.Reg("more", testlayer.RandomBytes(5, 100<<10), 0o644)))
+		r := &originalResolver{localResolver: local, wrong: wrong}
+		ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+		root := t.TempDir()
+		store, err := cache.Open(ctx, filepath.Join(t.TempDir(), "cache"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics := NewMetrics()
+		sn, err := NewSnapshotter(ctx, root, WithResolver(r), WithCache(store), WithBackgroundFetch(true), WithMetrics(metrics))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := digests[0]
+		if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		want := "ok"
+		if wrong {
+			want = "mismatch"
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for testutil.ToFloat64(metrics.verifications.WithLabelValues(want)) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("wrong=%v: no %s verification within 30s", wrong, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if wrong {
+			// The same blob is not streamed again, even after a restart.
+			sn.Close()
+			sn, err = NewSnapshotter(ctx, root, WithResolver(r), WithCache(store), WithMetrics(metrics))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mounts, err := sn.Prepare(ctx, "extract-again", "", unpackLabels("chain-again", d, local.layers[d].conv.TOCDigest))
+			if err != nil || len(mounts) == 0 {
+				t.Fatalf("a layer that failed verification: %v, want a full pull", err)
+			}
+			if testutil.ToFloat64(metrics.decisions.WithLabelValues("fallback", "verification-failed")) != 1 {
+				t.Fatal("the fallback of a failed layer is not counted with its reason")
+			}
+		}
+		sn.Close()
+		store.Close()
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/remote"
 )
 
@@ -114,7 +116,22 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 	}
 	rl, err := r.remoteLayer(img.repo, streamed, d, img.reason)
 	rl.Prefetch = img.profile
+	rl.Original = originalOf(streamed)
 	return rl, err
+}
+
+// originalOf reads what an artifact layer must decompress to; nil when its annotations do not
+// say (the layer then is not verified against the original).
+func originalOf(layer ocispec.Descriptor) *rillfs.Original {
+	d, err := digest.Parse(layer.Annotations[annotationOriginalDiffID])
+	if err != nil {
+		return nil
+	}
+	n, err := strconv.ParseInt(layer.Annotations[annotationOriginalSize], 10, 64)
+	if err != nil || n < 0 {
+		return nil
+	}
+	return &rillfs.Original{DiffID: d, Size: n}
 }
 
 func (r *RegistryResolver) remoteLayer(repo string, desc ocispec.Descriptor, toc digest.Digest, reason string) (RemoteLayer, error) {

@@ -93,6 +93,7 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
 	}
 	s.remote.add(id, ml)
 	ml.mounted.Prefetch(rec.Prefetch) // what is still missing
+	s.startBackground(ml, rec.Original)
 	return nil
 }
 

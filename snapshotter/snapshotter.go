@@ -28,6 +28,7 @@ type settings struct {
 	fsMount      rillfs.MountOptions
 	metrics      *Metrics
 	cache        *cache.Store
+	background   bool
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -50,13 +51,15 @@ type Snapshotter struct {
 	asyncRemove bool
 
 	// Streaming; resolver is nil when it is off.
-	resolver  Resolver
-	loader    *layerLoader
-	remote    *remoteLayers
-	tocLimits rillfs.Limits
-	fsMount   rillfs.MountOptions
-	metrics   *Metrics
-	cache     *cache.Store
+	resolver   Resolver
+	loader     *layerLoader
+	remote     *remoteLayers
+	tocLimits  rillfs.Limits
+	fsMount    rillfs.MountOptions
+	metrics    *Metrics
+	cache      *cache.Store
+	background bool
+	failed     *failedLayers
 }
 
 var (
@@ -98,6 +101,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
+		background: set.background, failed: loadFailedLayers(root),
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)

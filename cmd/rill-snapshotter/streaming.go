@@ -58,6 +58,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	return append(opts,
 		snapshotter.WithResolver(resolver),
 		snapshotter.WithCache(store),
+		snapshotter.WithBackgroundFetch(c.BackgroundFetch),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout:   c.ReadTimeoutDuration(),
 			Metrics:       fsMetrics,

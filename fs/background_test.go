@@ -1,0 +1,109 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rillstream/rill/internal/testlayer"
+)
+
+func originalOf(t *testing.T, entries []testlayer.Entry) Original {
+	t.Helper()
+	b, err := testlayer.Tar(entries, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Original{DiffID: digest.FromBytes(b), Size: int64(len(b))}
+}
+
+// The background fetch makes the whole layer local — skipping what reads and prefetch fetched
+// already, so the blob's data is fetched about once in all — and verifies it against the
+// original layer; then every file reads with the registry gone.
+func TestCompleteFetchesTheRestOnceAndVerifies(t *testing.T) {
+	entries := append(testlayer.EveryKind(), manyFiles(50, 20<<10)...)
+	blob := &switchableBlob{}
+	m := mountWithCache(t, entries, blob, NewMetrics())
+
+	// Some reads and a prefetch first.
+	for _, name := range []string{"etc/hostname", "big/three-and-a-half-chunks", "lib/file-007"} {
+		if _, err := os.ReadFile(filepath.Join(m.mountpoint, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Prefetch([]string{"lib/file-010", "lib/file-011", "lib/file-030"})
+	original := originalOf(t, entries)
+	if err := m.Complete(&original); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	data := float64(m.idx.DataEnd)
+	if fetched := float64(blob.bytes.Load()); fetched > 1.01*data {
+		t.Errorf("fetched %.0f bytes for %.0f bytes of data: %.3fx", fetched, data, fetched/data)
+	}
+	blob.down.Store(true)
+	for _, e := range entries {
+		if e.Header.Typeflag != '0' || len(e.Body) == 0 || filepath.Base(e.Header.Name)[:4] == ".wh." {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(m.mountpoint, e.Header.Name))
+		if err != nil || !bytes.Equal(got, e.Body) {
+			t.Errorf("%s with the registry gone after Complete: %v", e.Header.Name, err)
+		}
+	}
+}
+
+// An artifact whose layer differs from the original by one byte streams (its chunks match its
+// own TOC) and is caught once the layer is complete.
+func TestCompleteCatchesALayerThatIsNotTheOriginal(t *testing.T) {
+	entries := manyFiles(10, 10<<10)
+	original := originalOf(t, entries)
+	forged := append([]testlayer.Entry{}, entries...)
+	body := append([]byte{}, forged[4].Body...)
+	body[100] ^= 1
+	forged[4] = testlayer.Reg(forged[4].Header.Name, body, 0o644)
+
+	metrics := NewMetrics()
+	m := mountWithCache(t, forged, &switchableBlob{}, metrics)
+	if got, err := os.ReadFile(filepath.Join(m.mountpoint, forged[4].Header.Name)); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("the forged layer's own content must serve (its TOC vouches for it): %v", err)
+	}
+	err := m.Complete(&original)
+	if !errors.Is(err, ErrLayerMismatch) {
+		t.Fatalf("Complete of a layer that is not the original: %v, want ErrLayerMismatch", err)
+	}
+	if testutil.ToFloat64(metrics.layerMismatches) != 1 {
+		t.Fatal("the mismatch is not counted")
+	}
+	// The same layer against its own original verifies.
+	self := originalOf(t, forged)
+	if err := m.Complete(&self); err != nil {
+		t.Fatalf("Complete against the layer's own bytes: %v", err)
+	}
+}
+
+// Unmounting stops the background fetch.
+func TestUnmountStopsTheBackgroundFetch(t *testing.T) {
+	entries := manyFiles(100, 200<<10) // 20 MiB: several background requests
+	blob := &switchableBlob{delay: time.Second}
+	m := mountWithCache(t, entries, blob, NewMetrics())
+	done := make(chan error, 1)
+	go func() { done <- m.Complete(nil) }()
+	time.Sleep(300 * time.Millisecond)
+	if err := m.Unmount(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Complete after Unmount: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the background fetch did not stop at Unmount")
+	}
+}
