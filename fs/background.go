@@ -2,10 +2,10 @@ package fs
 
 import (
 	"bytes"
-	"encoding/binary"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
