@@ -78,6 +78,16 @@ type Streaming struct {
 	// prefetch and yielding to reads, and checks a streaming artifact's layer against the
 	// original's diff_id once complete.
 	BackgroundFetch bool `toml:"background_fetch"`
+	// RecordWindow: for this long after an image's layers are mounted, the order in which its
+	// files are first opened is recorded and written as a prefetch profile under root/profiles.
+	// "0s" turns recording off.
+	RecordWindow string `toml:"record_window"`
+}
+
+// RecordWindowDuration is RecordWindow parsed (Validate has checked it).
+func (s Streaming) RecordWindowDuration() time.Duration {
+	d, _ := time.ParseDuration(s.RecordWindow)
+	return d
 }
 
 // ReadTimeoutDuration is ReadTimeout parsed (Validate has checked it).
@@ -130,6 +140,7 @@ func Default() Config {
 			HostsDir:        "/etc/containerd/certs.d",
 			Passthrough:     true,
 			BackgroundFetch: true,
+			RecordWindow:    "60s",
 		},
 		Cache: Cache{MaxSize: "10GiB"},
 	}
@@ -245,6 +256,9 @@ func (s Streaming) validate() error {
 	}
 	if d, err := time.ParseDuration(s.ReadTimeout); err != nil || d <= 0 {
 		return fmt.Errorf("streaming.read_timeout: %q is not a positive duration like \"30s\"", s.ReadTimeout)
+	}
+	if d, err := time.ParseDuration(s.RecordWindow); err != nil || d < 0 {
+		return fmt.Errorf("streaming.record_window: %q is not a duration like \"60s\" (\"0s\": off)", s.RecordWindow)
 	}
 	if s.MaxTOCBytes < 4096 {
 		return fmt.Errorf("streaming.max_toc_bytes: %d is below 4096", s.MaxTOCBytes)

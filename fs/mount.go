@@ -33,6 +33,9 @@ type MountOptions struct {
 	Cache *cache.Layer
 	// NoPassthrough keeps every read in user space, even of files complete in the cache.
 	NoPassthrough bool
+	// RecordWindow, when positive, records the order in which files are first opened during
+	// that long after the mount (Mounted.Recorded): the image's prefetch profile.
+	RecordWindow time.Duration
 }
 
 // cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
@@ -50,6 +53,8 @@ type layerFS struct {
 	// bytes and files of the layer, for statfs.
 	bytes int64
 	files int
+	// recorder records first opens (nil: not recording).
+	recorder *recorder
 }
 
 // Mounted is a layer served through FUSE.
@@ -86,6 +91,9 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		bytes:         idx.Bytes,
 		files:         idx.Files,
 	}
+	if opts.RecordWindow > 0 {
+		lfs.recorder = newRecorder(opts.RecordWindow)
+	}
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
 	timeout := cacheForever
 	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
@@ -117,10 +125,11 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 	inodes := map[*Node]*gofs.Inode{}
 	next := uint64(2)
-	var walk func(dir *gofs.Inode, n *Node)
-	walk = func(dir *gofs.Inode, n *Node) {
+	var walk func(dir *gofs.Inode, dirPath string, n *Node)
+	walk = func(dir *gofs.Inode, dirPath string, n *Node) {
 		for _, name := range n.Names {
 			child := n.Children[name]
+			childPath := dirPath + "/" + name
 			if in, ok := inodes[child]; ok {
 				dir.AddChild(name, in, false)
 				continue
@@ -130,7 +139,7 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 			var emb gofs.InodeEmbedder
 			switch child.Kind {
 			case KindReg:
-				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}}
+				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}, path: childPath}
 			case KindSymlink:
 				emb = &symlinkNode{node: node{n: child, ino: ino, layer: lfs}}
 			default:
@@ -140,11 +149,11 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 			inodes[child] = in
 			dir.AddChild(name, in, false)
 			if child.Kind == KindDir {
-				walk(in, child)
+				walk(in, childPath, child)
 			}
 		}
 	}
-	walk(&root.Inode, root.n)
+	walk(&root.Inode, "", root.n)
 }
 
 // Unmount unmounts the layer and stops serving it. A layer still referenced — an overlay mount

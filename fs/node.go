@@ -28,7 +28,11 @@ var (
 )
 
 // fileNode is a regular file. Each open gets a fileHandle, through which its reads go.
-type fileNode struct{ node }
+type fileNode struct {
+	node
+	// path is the file's path in the layer ("/etc/passwd"); a hardlinked file has the first.
+	path string
+}
 
 var _ gofs.NodeOpener = (*fileNode)(nil)
 
@@ -115,6 +119,9 @@ func (nd *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
+	}
+	if r := f.layer.recorder; r != nil {
+		r.opened(f.path)
 	}
 	h := openHandle(f)
 	// The layer never changes: let the kernel keep pages between opens. A file complete in

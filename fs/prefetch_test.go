@@ -39,6 +39,11 @@ func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
 
 func mountWithCache(t *testing.T, entries []testlayer.Entry, blob *switchableBlob, metrics *Metrics) *Mounted {
 	t.Helper()
+	return mountWithCacheOpts(t, entries, blob, MountOptions{Metrics: metrics})
+}
+
+func mountWithCacheOpts(t *testing.T, entries []testlayer.Entry, blob *switchableBlob, opts MountOptions) *Mounted {
+	t.Helper()
 	requireRoot(t)
 	data, l := convertedBlob(t, entries)
 	blob.data = data
@@ -63,7 +68,8 @@ func mountWithCache(t *testing.T, entries []testlayer.Entry, blob *switchableBlo
 	t.Cleanup(lc.Release)
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	os.Mkdir(mnt, 0o755)
-	m, err := Mount(ctx, mnt, idx, blob, MountOptions{Cache: lc, Metrics: metrics, ReadTimeout: 5 * time.Second})
+	opts.Cache, opts.ReadTimeout = lc, 5*time.Second
+	m, err := Mount(ctx, mnt, idx, blob, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

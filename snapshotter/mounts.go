@@ -29,6 +29,7 @@ type mountedLayer struct {
 func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer) (*mountedLayer, error) {
 	opts := s.fsMount
 	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
+	opts.RecordWindow = s.recordWindow
 	ml := &mountedLayer{blob: layer.Desc.Digest}
 	if s.cache != nil {
 		h, err := s.cache.Layer(ctx, layer.Desc.Digest)

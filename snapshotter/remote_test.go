@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -546,5 +547,53 @@ func TestBackgroundVerification(t *testing.T) {
 		}
 		sn.Close()
 		store.Close()
+	}
+}
+
+// The files an image opens after its layers are mounted are written, in first-access order,
+// as its prefetch profile.
+func TestAccessRecordingWritesAProfile(t *testing.T) {
+	requireRoot(t)
+	local, digests := newLocalResolver(t, []testlayer.Entry{
+		testlayer.Reg("bin/app", []byte("app"), 0o755),
+		testlayer.Reg("etc/app.conf", []byte("conf"), 0o644),
+		testlayer.Reg("unused", []byte("unused"), 0o644),
+	})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	sn, err := NewSnapshotter(ctx, root, WithResolver(local), WithRecordWindow(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	view, release := mountView(t, ctx, sn, "view", "chain")
+	defer release()
+	for _, p := range []string{"etc/app.conf", "bin/app", "etc/app.conf"} {
+		if _, err := os.ReadFile(filepath.Join(view, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := ProfilePath(root, "127.0.0.1:5000/app:v1")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			var p Profile
+			if err := json.Unmarshal(data, &p); err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(p.Paths) != "[/etc/app.conf /bin/app]" || p.Image != "127.0.0.1:5000/app:v1" {
+				t.Fatalf("profile %+v", p)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no profile at %s: %v", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -29,6 +30,7 @@ type settings struct {
 	metrics      *Metrics
 	cache        *cache.Store
 	background   bool
+	recordWindow time.Duration
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -51,15 +53,17 @@ type Snapshotter struct {
 	asyncRemove bool
 
 	// Streaming; resolver is nil when it is off.
-	resolver   Resolver
-	loader     *layerLoader
-	remote     *remoteLayers
-	tocLimits  rillfs.Limits
-	fsMount    rillfs.MountOptions
-	metrics    *Metrics
-	cache      *cache.Store
-	background bool
-	failed     *failedLayers
+	resolver     Resolver
+	loader       *layerLoader
+	remote       *remoteLayers
+	tocLimits    rillfs.Limits
+	fsMount      rillfs.MountOptions
+	metrics      *Metrics
+	cache        *cache.Store
+	background   bool
+	failed       *failedLayers
+	recordWindow time.Duration
+	recs         recordings
 }
 
 var (
@@ -101,7 +105,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, failed: loadFailedLayers(root),
+		background: set.background, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)

@@ -59,6 +59,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		snapshotter.WithResolver(resolver),
 		snapshotter.WithCache(store),
 		snapshotter.WithBackgroundFetch(c.BackgroundFetch),
+		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout:   c.ReadTimeoutDuration(),
 			Metrics:       fsMetrics,

@@ -1,0 +1,104 @@
+package snapshotter
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	rillfs "github.com/rillstream/rill/fs"
+)
+
+// WithRecordWindow records, per image, the order in which its files are first opened during
+// window after its layers are mounted, and writes it as a prefetch profile under
+// root/profiles (for `rill create --prefetch-profile`). 0 turns recording off.
+func WithRecordWindow(window time.Duration) Opt {
+	return func(s *settings) { s.recordWindow = window }
+}
+
+// Profile is a recorded prefetch profile, as written to root/profiles/<name>.json.
+type Profile struct {
+	Image    string    `json:"image"`
+	Recorded time.Time `json:"recorded"`
+	Paths    []string  `json:"paths"`
+}
+
+// recordings collects the layers of each image being recorded.
+type recordings struct {
+	mu     sync.Mutex
+	images map[string][]*mountedLayer
+}
+
+// record adds a freshly mounted layer of image to its recording; the first layer of an image
+// schedules the writing of its profile when the window is over.
+func (s *Snapshotter) record(image string, ml *mountedLayer) {
+	if s.recordWindow <= 0 || image == "" {
+		return
+	}
+	s.recs.mu.Lock()
+	defer s.recs.mu.Unlock()
+	if s.recs.images == nil {
+		s.recs.images = map[string][]*mountedLayer{}
+	}
+	first := len(s.recs.images[image]) == 0
+	s.recs.images[image] = append(s.recs.images[image], ml)
+	if first {
+		time.AfterFunc(s.recordWindow+time.Second, func() { s.writeProfile(image) })
+	}
+}
+
+// writeProfile merges the first opens of the image's layers by time and writes the profile.
+func (s *Snapshotter) writeProfile(image string) {
+	s.recs.mu.Lock()
+	layers := s.recs.images[image]
+	delete(s.recs.images, image)
+	s.recs.mu.Unlock()
+	var all []rillfs.Access
+	for _, ml := range layers {
+		got, _ := ml.mounted.Recorded()
+		all = append(all, got...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].At.Before(all[j].At) })
+	p := Profile{Image: image, Recorded: time.Now().UTC()}
+	seen := map[string]bool{}
+	for _, a := range all {
+		if !seen[a.Path] {
+			seen[a.Path] = true
+			p.Paths = append(p.Paths, a.Path)
+		}
+	}
+	path := ProfilePath(s.root, image)
+	entry := log.L.WithField("image", image).WithField("profile", path).WithField("files", len(p.Paths))
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(path), 0o700)
+	}
+	if err == nil {
+		err = writeFileAtomic(path, data)
+	}
+	if err != nil {
+		entry.WithError(err).Warn("cannot write the recorded prefetch profile")
+		return
+	}
+	entry.Info("prefetch profile recorded")
+}
+
+// ProfilePath is where the recorded profile of image is written under root: a readable name
+// from the reference, made unique by a hash of it.
+func ProfilePath(root, image string) string {
+	sum := sha256.Sum256([]byte(image))
+	name := strings.NewReplacer("/", "_", ":", "_", "@", "_").Replace(image)
+	if len(name) > 100 {
+		name = name[:100]
+	}
+	return filepath.Join(root, "profiles", fmt.Sprintf("%s-%x.json", name, sum[:4]))
+}
