@@ -19,11 +19,13 @@ import (
 
 // Defaults of the daemon; every one of them can be changed in the config file.
 const (
-	DefaultPath      = "/etc/rill/config.toml"
-	DefaultRoot      = "/var/lib/rill"
-	DefaultAddress   = "/run/rill/rill.sock"
-	DefaultLogLevel  = "info"
-	DefaultLogFormat = "text"
+	DefaultPath    = "/etc/rill/config.toml"
+	DefaultRoot    = "/var/lib/rill"
+	DefaultAddress = "/run/rill/rill.sock"
+	// DefaultStatusAddress is where `rill status` finds the daemon by default.
+	DefaultStatusAddress = "/run/rill/status.sock"
+	DefaultLogLevel      = "info"
+	DefaultLogFormat     = "text"
 )
 
 // Config is the whole configuration of rill-snapshotter.
@@ -32,6 +34,9 @@ type Config struct {
 	Root string `toml:"root"`
 	// Address is the unix socket the snapshots gRPC API is served on.
 	Address string `toml:"address"`
+	// StatusAddress is the unix socket serving the state of streamed layers (`rill status`);
+	// empty means status.sock beside Address, "none" turns it off.
+	StatusAddress string `toml:"status_address"`
 
 	Log         Log         `toml:"log"`
 	Metrics     Metrics     `toml:"metrics"`
@@ -216,6 +221,9 @@ func (c Config) Validate() error {
 	if c.Address == "" || !filepath.IsAbs(c.Address) {
 		return fmt.Errorf("address: must be an absolute unix socket path, got %q", c.Address)
 	}
+	if sa := c.StatusSocket(); sa != "" && (!filepath.IsAbs(sa) || sa == c.Address) {
+		return fmt.Errorf("status_address: must be an absolute unix socket path other than address, or \"none\", got %q", c.StatusAddress)
+	}
 	if !slices.Contains(logLevels, c.Log.Level) {
 		return fmt.Errorf("log.level: %q is not one of %s", c.Log.Level, strings.Join(logLevels, ", "))
 	}
@@ -270,4 +278,15 @@ func (s Streaming) validate() error {
 		return fmt.Errorf("streaming.docker_config: %q is not an absolute path", s.DockerConfig)
 	}
 	return nil
+}
+
+// StatusSocket is the status socket's path, "" when it is off.
+func (c Config) StatusSocket() string {
+	switch c.StatusAddress {
+	case "none":
+		return ""
+	case "":
+		return filepath.Join(filepath.Dir(c.Address), "status.sock")
+	}
+	return c.StatusAddress
 }

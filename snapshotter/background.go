@@ -26,19 +26,25 @@ func (s *Snapshotter) startBackground(ml *mountedLayer, original *rillfs.Origina
 	if !s.background || ml.cache == nil {
 		return
 	}
+	ml.setBackground("running", nil)
 	go func() {
 		entry := log.L.WithField("blob", ml.blob.String())
 		err := ml.mounted.Complete(original)
 		switch {
 		case err == nil && original != nil:
+			ml.setBackground("verified", nil)
 			s.metrics.verifications.WithLabelValues("ok").Inc()
 		case err == nil:
+			ml.setBackground("complete", nil)
 		case errors.Is(err, rillfs.ErrLayerMismatch):
 			s.failed.add(ml.blob)
+			ml.setBackground("mismatch", err)
 			entry.WithError(err).Error("ALARM: a streamed layer does not match the original image layer; its streaming artifact is no longer used (recreate it with rill create --force, and find out who pushed it)")
 			s.metrics.verifications.WithLabelValues("mismatch").Inc()
 		case errors.Is(err, context.Canceled):
+			ml.setBackground("stopped", nil)
 		default:
+			ml.setBackground("incomplete", err)
 			s.metrics.verifications.WithLabelValues("incomplete").Inc()
 			entry.WithError(err).Warn("streamed layer not made complete in the background")
 		}

@@ -22,6 +22,23 @@ type mountedLayer struct {
 	mounted *rillfs.Mounted
 	cache   *cache.Layer // nil without a cache
 	blob    digest.Digest
+	ref     string
+	reason  string
+	since   time.Time
+	bytes   int64 // of the layer's files
+
+	mu         sync.Mutex
+	background string // off, running, complete, verified, mismatch, incomplete
+	lastErr    string
+}
+
+func (ml *mountedLayer) setBackground(state string, err error) {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	ml.background = state
+	if err != nil {
+		ml.lastErr = err.Error()
+	}
 }
 
 // mountLayer mounts idx at mountpoint, reading through the cache when there is one. A cache
@@ -30,7 +47,7 @@ func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *ri
 	opts := s.fsMount
 	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
 	opts.RecordWindow = s.recordWindow
-	ml := &mountedLayer{blob: layer.Desc.Digest}
+	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
 	if s.cache != nil {
 		h, err := s.cache.Layer(ctx, layer.Desc.Digest)
 		if err != nil {

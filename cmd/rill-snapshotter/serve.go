@@ -78,6 +78,14 @@ func serve(ctx context.Context, cfg config.Config) error {
 		log.WithField("metrics", cfg.Metrics.Address).Info("serving metrics")
 	}
 
+	var statusSrv *http.Server
+	if sa := cfg.StatusSocket(); sa != "" {
+		if statusSrv, err = serveStatus(ctx, sa, sn); err != nil {
+			lis.Close()
+			return err
+		}
+	}
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	log.WithField("version", version).Info("rill-snapshotter ready")
@@ -100,6 +108,13 @@ func serve(ctx context.Context, cfg config.Config) error {
 		log.WithField("grace", gracePeriod).Warn("in-flight calls did not finish in time; cutting them off")
 		srv.Stop()
 		<-stopped
+	}
+	if statusSrv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := statusSrv.Shutdown(shutdownCtx); err != nil {
+			log.WithError(err).Warn("status server shutdown")
+		}
 	}
 	if metricsSrv != nil {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -219,3 +219,22 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Errorf("log.format json not honoured:\n%s", d.logs)
 	}
 }
+
+// The status socket answers with the streamed layers (none on a fresh daemon), as JSON.
+func TestStatusSocket(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	startDaemon(t, filepath.Join(dir, "rill.sock"), "--root", t.TempDir())
+	client := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "status.sock"))
+	}}}
+	resp, err := client.Get("http://rill/v1/layers")
+	if err != nil {
+		t.Fatalf("status socket beside the API socket: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "[]" {
+		t.Fatalf("status: %d %q", resp.StatusCode, body)
+	}
+}

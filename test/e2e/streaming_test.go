@@ -3,6 +3,10 @@ package e2e
 import (
 	"archive/tar"
 	"compress/gzip"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rillstream/rill/snapshotter"
 	"github.com/rillstream/rill/test/harness"
 	"github.com/rillstream/rill/test/images"
 )
@@ -54,6 +59,7 @@ func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImag
 	t.Logf("pulled %s in %s: %s of %s from the registry", ref, time.Since(began).Round(time.Millisecond), mib(pulled), mib(pushed.Size))
 
 	assertStreamed(t, env, pushed, "estargz")
+	assertStatusLists(t, env, pushed)
 	if pulled > pushed.Size/10 {
 		t.Errorf("the pull fetched %s of a %s image: more than a tenth", mib(pulled), mib(pushed.Size))
 	}
@@ -186,6 +192,32 @@ func assertStreamed(t *testing.T, env *harness.Env, img *harness.PushedImage, re
 	}
 	if log := grepLog(t, env, "layer streamed"); !strings.Contains(log, "reason="+reason) {
 		t.Errorf("rill did not log streaming for reason %s:\n%s", reason, log)
+	}
+}
+
+// assertStatusLists checks that rill's status socket lists the image's streamed layers.
+func assertStatusLists(t *testing.T, env *harness.Env, img *harness.PushedImage) {
+	t.Helper()
+	sock := filepath.Join(filepath.Dir(env.Snapshotter.Socket()), "status.sock")
+	client := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := client.Get("http://rill/v1/layers")
+	if err != nil {
+		t.Fatalf("rill's status socket: %v", err)
+	}
+	defer resp.Body.Close()
+	var layers []snapshotter.LayerStatus
+	if err := json.NewDecoder(resp.Body).Decode(&layers); err != nil {
+		t.Fatal(err)
+	}
+	if len(layers) < len(img.ChainIDs) {
+		t.Fatalf("rill status lists %d streamed layers, the image has %d: %+v", len(layers), len(img.ChainIDs), layers)
+	}
+	for _, l := range layers {
+		if l.Reason == "" || l.Blob == "" || l.Bytes <= 0 {
+			t.Errorf("incomplete layer status: %+v", l)
+		}
 	}
 }
 

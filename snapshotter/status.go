@@ -1,0 +1,59 @@
+package snapshotter
+
+import (
+	"sort"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// LayerStatus is the state of one streamed layer, as `rill status` shows it.
+type LayerStatus struct {
+	Snapshot string        `json:"snapshot"` // the snapshot's directory id
+	Ref      string        `json:"ref"`      // where the blob is fetched from
+	Blob     digest.Digest `json:"blob"`
+	Reason   string        `json:"reason"` // why it streams
+	Mounted  time.Time     `json:"mounted"`
+	// Bytes is the size of the layer's files; LocalBytes what the cache holds of the layer.
+	Bytes      int64 `json:"bytes"`
+	LocalBytes int64 `json:"localBytes"`
+	// PrefetchDone is set once the layer's prefetch (if any) has ended.
+	PrefetchDone bool `json:"prefetchDone"`
+	// Background is off, running, complete, verified, mismatch, incomplete or stopped.
+	Background string `json:"background"`
+	LastError  string `json:"lastError,omitempty"`
+	// Unavailable is set for a layer that could not be restored (reads fail).
+	Unavailable bool `json:"unavailable,omitempty"`
+}
+
+// Status lists the streamed layers, oldest first.
+func (s *Snapshotter) Status() []LayerStatus {
+	s.remote.mu.Lock()
+	defer s.remote.mu.Unlock()
+	out := make([]LayerStatus, 0, len(s.remote.mounts))
+	for id, ml := range s.remote.mounts {
+		st := LayerStatus{Snapshot: id, Ref: ml.ref, Blob: ml.blob, Reason: ml.reason, Mounted: ml.since, Bytes: ml.bytes, Unavailable: ml.blob == ""}
+		if ml.cache != nil {
+			st.LocalBytes = ml.cache.Usage()
+		}
+		st.PrefetchDone = true
+		if done := ml.mounted.PrefetchDone(); done != nil {
+			select {
+			case <-done:
+			default:
+				st.PrefetchDone = false
+			}
+		}
+		ml.mu.Lock()
+		st.Background, st.LastError = ml.background, ml.lastErr
+		ml.mu.Unlock()
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Mounted.Equal(out[j].Mounted) {
+			return out[i].Mounted.Before(out[j].Mounted)
+		}
+		return out[i].Snapshot < out[j].Snapshot
+	})
+	return out
+}
