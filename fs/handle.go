@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -18,6 +19,11 @@ import (
 type fileHandle struct {
 	file   *fileNode
 	cached *cache.File // nil: reads go to the blob only
+
+	// Sequential reads grow a read-ahead window: next is where the last read ended.
+	mu    sync.Mutex
+	next  int64
+	ahead int64
 	// local is the complete cached data the kernel reads directly (passthrough).
 	local *os.File
 }
@@ -81,13 +87,34 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	f := h.file
 	ctx, cancel := context.WithTimeout(ctx, f.layer.readTimeout)
 	defer cancel()
-	n, err := f.layer.reader.readFile(ctx, f.n, h.cached, dest, off)
+	n, err := f.layer.reader.readFileAhead(ctx, f.n, h.cached, dest, off, h.readAhead(off, len(dest)))
 	if err != nil {
 		f.layer.metrics.readErrors.Inc()
 		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")
 		return nil, syscall.EIO
 	}
 	return fuse.ReadResultData(dest[:n]), gofs.OK
+}
+
+// maxReadAhead bounds the read-ahead window of a sequential reader.
+const maxReadAhead = 8 << 20
+
+// readAhead returns how far to read ahead for a read at off: nothing for a random read; for
+// a sequential one a window that doubles with each read, up to maxReadAhead.
+func (h *fileHandle) readAhead(off int64, n int) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sequential := off == h.next && off > 0
+	h.next = off + int64(n)
+	switch {
+	case !sequential:
+		h.ahead = 0
+	case h.ahead == 0:
+		h.ahead = 1 << 20
+	default:
+		h.ahead = min(2*h.ahead, maxReadAhead)
+	}
+	return h.ahead
 }
 
 // Release closes the handle's cached content. go-fuse calls it once the handle's reads have

@@ -77,6 +77,12 @@ func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
 // readFile reads len(p) bytes of file n at off (fewer at the end of the file) through its
 // chunks. cf is the file's cached content, or nil to read without a cache.
 func (r *chunkReader) readFile(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64) (int, error) {
+	return r.readFileAhead(ctx, n, cf, p, off, 0)
+}
+
+// readFileAhead is readFile that, on a miss, fetches up to ahead compressed bytes of the
+// file's following chunks in the same request (a sequential reader's next reads).
+func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64, ahead int64) (int, error) {
 	if off >= n.Size || len(p) == 0 {
 		return 0, nil
 	}
@@ -94,7 +100,7 @@ func (r *chunkReader) readFile(ctx context.Context, n *Node, cf *cache.File, p [
 			total += len(dst)
 			continue
 		}
-		res, err := r.fetch(ctx, c, cf)
+		res, err := r.fetch(ctx, n, i, cf, ahead)
 		if err != nil {
 			return total, err
 		}
@@ -124,7 +130,8 @@ func (r *chunkReader) readCached(cf *cache.File, p []byte, off int64) bool {
 
 // fetch returns chunk c's verified bytes, fetched from the blob and stored in cf (if not
 // nil). Concurrent fetches of c are one: the reads that join a fetch in flight wait for it.
-func (r *chunkReader) fetch(ctx context.Context, c Chunk, cf *cache.File) (fetched, error) {
+func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) (fetched, error) {
+	c := n.Chunks[i]
 	for {
 		res, err, joined := r.flights.do(ctx, c.BlobOffset, func() (fetched, error) {
 			// A flight that has just landed may have stored c since this read missed it.
@@ -132,6 +139,11 @@ func (r *chunkReader) fetch(ctx context.Context, c Chunk, cf *cache.File) (fetch
 				data := make([]byte, c.Size)
 				if r.readCached(cf, data, c.Offset) {
 					return fetched{data: data, cached: true}, nil
+				}
+			}
+			if ahead > 0 && cf != nil {
+				if data, err := r.readRun(ctx, n, i, cf, ahead); err == nil {
+					return fetched{data: data}, nil
 				}
 			}
 			data, err := r.read(ctx, c)
@@ -148,6 +160,49 @@ func (r *chunkReader) fetch(ctx context.Context, c Chunk, cf *cache.File) (fetch
 		}
 		return res, err
 	}
+}
+
+// readRun fetches chunk i of n with the following chunks not yet local, up to ahead
+// compressed bytes, in one request; it stores the following ones and returns chunk i's bytes.
+// Any failure is returned for the caller to fall back to a plain read of chunk i.
+func (r *chunkReader) readRun(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) ([]byte, error) {
+	first := n.Chunks[i]
+	j := i + 1
+	for ; j < len(n.Chunks); j++ {
+		c := n.Chunks[j]
+		if c.BlobOffset != n.Chunks[j-1].BlobEnd || c.BlobEnd-first.BlobOffset > ahead || len(cf.Missing(c.Offset, c.Size)) == 0 {
+			break
+		}
+	}
+	if j == i+1 {
+		return nil, errors.New("nothing to read ahead")
+	}
+	r.reading.Add(1)
+	defer r.reading.Add(-1)
+	start, end := first.BlobOffset, n.Chunks[j-1].BlobEnd
+	buf := make([]byte, end-start)
+	if _, err := readFull(ctx, r.blob, buf, start); err != nil {
+		return nil, err
+	}
+	r.metrics.fetchedOnDemand.Add(float64(len(buf)))
+	var out []byte
+	for k := i; k < j; k++ {
+		c := n.Chunks[k]
+		data, extra, err := decompressSegment(buf[c.BlobOffset-start:c.BlobEnd-start], c)
+		if err != nil {
+			if k == i {
+				return nil, err
+			}
+			break
+		}
+		r.storeExtra(c.BlobOffset, extra)
+		if k == i {
+			out = data
+			continue
+		}
+		r.store(cf, c, data)
+	}
+	return out, nil
 }
 
 // store writes a verified chunk to the cache. A failure (the disk or the budget full, the
