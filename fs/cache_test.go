@@ -201,8 +201,11 @@ func TestReadsAfterTheFirstComeFromTheCache(t *testing.T) {
 	if fetched == 0 || testutil.ToFloat64(metrics.fetchedOnDemand) == 0 {
 		t.Fatalf("first reads fetched nothing from the blob")
 	}
-	if miss := testutil.ToFloat64(metrics.missBytes); miss != float64(len(big)+len("small file\n")) {
-		t.Errorf("bytes served from the network on first reads: %v, want %d", miss, len(big)+len("small file\n"))
+	// First reads are served from the network, or from the cache where a sequential read's
+	// read-ahead stored the next chunks: every byte once.
+	firstHits := testutil.ToFloat64(metrics.hitBytes)
+	if served := testutil.ToFloat64(metrics.missBytes) + firstHits; served != float64(len(big)+len("small file\n")) {
+		t.Errorf("bytes served on first reads: %v, want %d", served, len(big)+len("small file\n"))
 	}
 
 	blob.down.Store(true)
@@ -214,7 +217,7 @@ func TestReadsAfterTheFirstComeFromTheCache(t *testing.T) {
 		t.Errorf("reads of cached files went to the blob %d times", fails)
 	}
 	// Both names of the hardlink read the one cached file; each read reached rill.
-	if hit, want := testutil.ToFloat64(metrics.hitBytes), float64(2*len(big)+len("small file\n")); hit != want {
+	if hit, want := testutil.ToFloat64(metrics.hitBytes)-firstHits, float64(2*len(big)+len("small file\n")); hit != want {
 		t.Errorf("bytes served from the cache: %v, want %v (did the reads reach the filesystem?)", hit, want)
 	}
 	if n := testutil.ToFloat64(metrics.cacheWriteErrors) + testutil.ToFloat64(metrics.cacheOpenErrors); n != 0 {
