@@ -83,10 +83,19 @@ type Streaming struct {
 	// prefetch and yielding to reads, and checks a streaming artifact's layer against the
 	// original's diff_id once complete.
 	BackgroundFetch bool `toml:"background_fetch"`
+	// BackgroundRate caps the background fetch of all layers together, in bytes per second
+	// ("20MB"); "0": no cap. Reads and prefetch are never capped.
+	BackgroundRate string `toml:"background_rate"`
 	// RecordWindow: for this long after an image's layers are mounted, the order in which its
 	// files are first opened is recorded and written as a prefetch profile under root/profiles.
 	// "0s" turns recording off.
 	RecordWindow string `toml:"record_window"`
+}
+
+// BackgroundRateBytes is BackgroundRate parsed, in bytes per second (0: no cap).
+func (s Streaming) BackgroundRateBytes() int64 {
+	n, _ := units.FromHumanSize(s.BackgroundRate)
+	return n
 }
 
 // RecordWindowDuration is RecordWindow parsed (Validate has checked it).
@@ -146,6 +155,7 @@ func Default() Config {
 			Passthrough:     true,
 			BackgroundFetch: true,
 			RecordWindow:    "60s",
+			BackgroundRate:  "0",
 		},
 		Cache: Cache{MaxSize: "10GiB"},
 	}
@@ -267,6 +277,9 @@ func (s Streaming) validate() error {
 	}
 	if d, err := time.ParseDuration(s.RecordWindow); err != nil || d < 0 {
 		return fmt.Errorf("streaming.record_window: %q is not a duration like \"60s\" (\"0s\": off)", s.RecordWindow)
+	}
+	if n, err := units.FromHumanSize(s.BackgroundRate); err != nil || n < 0 {
+		return fmt.Errorf("streaming.background_rate: %q is not bytes per second like \"20MB\" (\"0\": no cap)", s.BackgroundRate)
 	}
 	if s.MaxTOCBytes < 4096 {
 		return fmt.Errorf("streaming.max_toc_bytes: %d is below 4096", s.MaxTOCBytes)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/cache"
+	"golang.org/x/time/rate"
 )
 
 // Errors of Complete.
@@ -237,6 +238,9 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 	if end <= start {
 		return 0, nil
 	}
+	if err := waitRate(ctx, m.lfs.backgroundRate, end-start); err != nil {
+		return 0, err
+	}
 	buf := make([]byte, end-start)
 	rctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
 	defer cancel()
@@ -317,6 +321,21 @@ func (m *Mounted) verifyLayer(ctx context.Context, segs []segment, want Original
 	if n != want.Size || got != want.DiffID {
 		m.lfs.metrics.layerMismatches.Inc()
 		return fmt.Errorf("%w: %d bytes hashing to %s, the original has %d bytes hashing to %s", ErrLayerMismatch, n, got, want.Size, want.DiffID)
+	}
+	return nil
+}
+
+// waitRate takes n bytes from the limiter, in pieces no larger than its burst.
+func waitRate(ctx context.Context, l *rate.Limiter, n int64) error {
+	if l == nil || l.Limit() == rate.Inf {
+		return nil
+	}
+	for n > 0 {
+		take := min(n, int64(l.Burst()))
+		if err := l.WaitN(ctx, int(take)); err != nil {
+			return err
+		}
+		n -= take
 	}
 	return nil
 }

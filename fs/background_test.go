@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rillstream/rill/internal/testlayer"
+	"golang.org/x/time/rate"
 )
 
 func originalOf(t *testing.T, entries []testlayer.Entry) Original {
@@ -105,5 +106,22 @@ func TestUnmountStopsTheBackgroundFetch(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the background fetch did not stop at Unmount")
+	}
+}
+
+// The background fetch keeps within its rate cap.
+func TestBackgroundFetchKeepsItsRate(t *testing.T) {
+	entries := manyFiles(30, 100<<10) // 3 MB, incompressible
+	blob := &switchableBlob{}
+	const perSecond = 1 << 20
+	m := mountWithCacheOpts(t, entries, blob, MountOptions{BackgroundRate: rate.NewLimiter(perSecond, 256<<10)})
+	began := time.Now()
+	if err := m.Complete(nil); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(began)
+	fetched := blob.bytes.Load()
+	if min := time.Duration(float64(fetched-256<<10) / perSecond * 0.9 * float64(time.Second)); elapsed < min {
+		t.Fatalf("fetched %d bytes in %s: faster than the cap of %d B/s allows (%s)", fetched, elapsed, perSecond, min)
 	}
 }

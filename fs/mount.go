@@ -13,6 +13,7 @@ import (
 	"github.com/rillstream/rill/cache"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // MountOptions configure a mounted layer. Zero values choose the defaults.
@@ -33,6 +34,9 @@ type MountOptions struct {
 	Cache *cache.Layer
 	// NoPassthrough keeps every read in user space, even of files complete in the cache.
 	NoPassthrough bool
+	// BackgroundRate caps the background fetch (bytes per second, shared by every layer
+	// given the same limiter); nil: no cap.
+	BackgroundRate *rate.Limiter
 	// RecordWindow, when positive, records the order in which files are first opened during
 	// that long after the mount (Mounted.Recorded): the image's prefetch profile.
 	RecordWindow time.Duration
@@ -55,6 +59,8 @@ type layerFS struct {
 	files int
 	// recorder records first opens (nil: not recording).
 	recorder *recorder
+	// backgroundRate caps the background fetch (nil: no cap).
+	backgroundRate *rate.Limiter
 }
 
 // Mounted is a layer served through FUSE.
@@ -94,6 +100,7 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	if opts.RecordWindow > 0 {
 		lfs.recorder = newRecorder(opts.RecordWindow)
 	}
+	lfs.backgroundRate = opts.BackgroundRate
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
 	timeout := cacheForever
 	server, err := gofs.Mount(mountpoint, root, &gofs.Options{

@@ -12,6 +12,7 @@ import (
 	"github.com/rillstream/rill/remote"
 	"github.com/rillstream/rill/snapshotter"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
 )
 
 // streamingOptions builds the snapshotter options of the streaming path from the config, and
@@ -61,9 +62,18 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		snapshotter.WithBackgroundFetch(c.BackgroundFetch),
 		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
-			ReadTimeout:   c.ReadTimeoutDuration(),
-			Metrics:       fsMetrics,
-			NoPassthrough: !c.Passthrough,
+			ReadTimeout:    c.ReadTimeoutDuration(),
+			Metrics:        fsMetrics,
+			NoPassthrough:  !c.Passthrough,
+			BackgroundRate: backgroundLimiter(c.BackgroundRateBytes()),
 		}),
 	), closeCache, nil
+}
+
+// backgroundLimiter is the one limiter of the background fetch of every layer; nil: no cap.
+func backgroundLimiter(bytesPerSecond int64) *rate.Limiter {
+	if bytesPerSecond <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(bytesPerSecond), int(min(bytesPerSecond, 4<<20)))
 }
