@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -87,7 +88,13 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	f := h.file
 	ctx, cancel := context.WithTimeout(ctx, f.layer.readTimeout)
 	defer cancel()
-	n, err := f.layer.reader.readFileAhead(ctx, f.n, h.cached, dest, off, h.readAhead(off, len(dest)))
+	began := time.Now()
+	n, network, err := f.layer.reader.readFileAhead(ctx, f.n, h.cached, dest, off, h.readAhead(off, len(dest)))
+	source := "cache"
+	if network {
+		source = "network"
+	}
+	f.layer.metrics.readDuration.WithLabelValues(source).Observe(time.Since(began).Seconds())
 	if err != nil {
 		f.layer.metrics.readErrors.Inc()
 		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")

@@ -20,6 +20,7 @@ type Metrics struct {
 	fetchedPrefetch   prometheus.Counter
 	passthroughOpens  prometheus.Counter
 	fetchedBackground prometheus.Counter
+	readDuration      *prometheus.HistogramVec
 	layerMismatches   prometheus.Counter
 	hitBytes          prometheus.Counter
 	missBytes         prometheus.Counter
@@ -54,6 +55,11 @@ func NewMetrics() *Metrics {
 	m.fetchedOnDemand = m.fetchedBytes.WithLabelValues("on_demand")
 	m.fetchedPrefetch = m.fetchedBytes.WithLabelValues("prefetch")
 	m.fetchedBackground = m.fetchedBytes.WithLabelValues("background")
+	m.readDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rill_fs_read_duration_seconds",
+		Help:    "Latency of FUSE reads of streamed files, by source: cache (all bytes local) or network (some fetched).",
+		Buckets: prometheus.ExponentialBuckets(0.00005, 2, 20),
+	}, []string{"source"})
 	m.layerMismatches = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rill_fs_layer_mismatches_total",
 		Help: "Streamed layers that, once complete, did not decompress to the original layer's bytes (an alarm).",
@@ -71,5 +77,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens, m.layerMismatches}
+	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens, m.layerMismatches, m.readDuration}
 }

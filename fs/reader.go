@@ -77,15 +77,18 @@ func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
 // readFile reads len(p) bytes of file n at off (fewer at the end of the file) through its
 // chunks. cf is the file's cached content, or nil to read without a cache.
 func (r *chunkReader) readFile(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64) (int, error) {
-	return r.readFileAhead(ctx, n, cf, p, off, 0)
+	got, _, err := r.readFileAhead(ctx, n, cf, p, off, 0)
+	return got, err
 }
 
 // readFileAhead is readFile that, on a miss, fetches up to ahead compressed bytes of the
 // file's following chunks in the same request (a sequential reader's next reads).
-func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64, ahead int64) (int, error) {
+// It also reports whether any of the bytes came from the network.
+func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64, ahead int64) (int, bool, error) {
 	if off >= n.Size || len(p) == 0 {
-		return 0, nil
+		return 0, false, nil
 	}
+	network := false
 	end := min(off+int64(len(p)), n.Size)
 	total := 0
 	// The first chunk that holds off.
@@ -102,16 +105,17 @@ func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File
 		}
 		res, err := r.fetch(ctx, n, i, cf, ahead)
 		if err != nil {
-			return total, err
+			return total, true, err
 		}
 		total += copy(dst, res.data[from-c.Offset:to-c.Offset])
 		if res.cached {
 			r.metrics.hitBytes.Add(float64(len(dst)))
 		} else {
 			r.metrics.missBytes.Add(float64(len(dst)))
+			network = true
 		}
 	}
-	return total, nil
+	return total, network, nil
 }
 
 // readCached reads len(p) bytes at file offset off from the cache, reporting whether it
