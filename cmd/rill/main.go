@@ -30,6 +30,10 @@ func commands() []command {
 		{"show", "IMAGE", "list the streaming artifacts of IMAGE", runShow},
 		{"verify", "IMAGE", "check that IMAGE's streaming artifacts hold exactly its layers", runVerify},
 		{"delete", "IMAGE", "delete IMAGE and its streaming artifacts (or only the artifacts)", runDelete},
+		{"repo", "enable|disable|show REPO", "turn automatic creation for new pushes to REPO on or off", runRepo},
+		{"watch", "", "create streaming artifacts for new pushes to enabled repositories (a service)", runWatch},
+		{"operation", "list|show|cancel ID", "show or cancel the operations of rill watch", runOperation},
+		{"pull", "IMAGE", "pull IMAGE into containerd through rill, streaming what it can", runPull},
 	}
 }
 
@@ -69,9 +73,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: rill COMMAND [flags] IMAGE\n\nrill stores streaming artifacts of images in their registry.\n\nCommands:\n")
+	fmt.Fprintf(w, "Usage: rill COMMAND [flags] ARGS\n\nrill stores streaming artifacts of images in their registry.\n\nCommands:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %-6s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %-9s %-24s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun 'rill COMMAND -h' for a command's flags.\n")
 }

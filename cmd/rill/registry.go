@@ -21,6 +21,10 @@ type registryFlags struct {
 	hostsDir     string
 	dockerConfig string
 	debug        bool
+
+	// Set by clients, for more converters over the same registry client.
+	access convert.Access
+	log    *logrus.Logger
 }
 
 func (f *registryFlags) register(fs *flag.FlagSet) {
@@ -33,7 +37,13 @@ func (f *registryFlags) register(fs *flag.FlagSet) {
 
 // converter builds the registry client and converter for image (whose host --insecure
 // applies to). cleanup removes what --insecure wrote.
-func (f *registryFlags) converter(env *cliEnv, image string, opts ...convert.Option) (_ *convert.Converter, cleanup func(), err error) {
+func (f *registryFlags) converter(env *cliEnv, image string, opts ...convert.Option) (*convert.Converter, func(), error) {
+	_, c, cleanup, err := f.clients(env, image, opts...)
+	return c, cleanup, err
+}
+
+// clients builds the registry client and a converter over it (see converter).
+func (f *registryFlags) clients(env *cliEnv, image string, opts ...convert.Option) (_ *remote.Registry, _ *convert.Converter, cleanup func(), err error) {
 	cleanup = func() {}
 	log := logrus.New()
 	log.SetOutput(env.stderr)
@@ -50,7 +60,7 @@ func (f *registryFlags) converter(env *cliEnv, image string, opts ...convert.Opt
 		named, err := reference.ParseNormalizedNamed(image)
 		if err == nil {
 			if hostsDir, err = insecureHostsDir(reference.Domain(named), f.plainHTTP); err != nil {
-				return nil, cleanup, err
+				return nil, nil, cleanup, err
 			}
 			cleanup = func() { os.RemoveAll(hostsDir) }
 		}
@@ -65,14 +75,15 @@ func (f *registryFlags) converter(env *cliEnv, image string, opts ...convert.Opt
 	reg, err := remote.New(ropts...)
 	if err != nil {
 		cleanup()
-		return nil, func() {}, err
+		return nil, nil, func() {}, err
 	}
 	c, err := convert.New(reg, access, append([]convert.Option{convert.WithLogger(logrus.NewEntry(log))}, opts...)...)
 	if err != nil {
 		cleanup()
-		return nil, func() {}, err
+		return nil, nil, func() {}, err
 	}
-	return c, cleanup, nil
+	f.access, f.log = access, log
+	return reg, c, cleanup, nil
 }
 
 // insecureHostsDir writes a certs.d directory that reaches host without verifying its

@@ -1,0 +1,72 @@
+package operation
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// State is where an operation is in its life.
+type State string
+
+// The states of an operation. Succeeded, Failed and Canceled are final.
+const (
+	NotStarted State = "NotStarted"
+	Running    State = "Running"
+	Succeeded  State = "Succeeded"
+	Failed     State = "Failed"
+	Canceled   State = "Canceled"
+)
+
+// Final reports whether s is a final state.
+func (s State) Final() bool { return s == Succeeded || s == Failed || s == Canceled }
+
+// Request is what to work on: the image at Repository:Tag, as it named Digest when the
+// request was made.
+type Request struct {
+	Repository string        `json:"repository"` // host/path
+	Tag        string        `json:"tag"`
+	Digest     digest.Digest `json:"digest"`
+	// Trigger says what asked for the operation ("webhook", "reconcile").
+	Trigger string `json:"trigger,omitempty"`
+}
+
+// Image returns the tagged reference.
+func (r Request) Image() string { return r.Repository + ":" + r.Tag }
+
+// key identifies the operation of a request: one per tag and digest.
+func (r Request) key() string { return r.Image() + "@" + r.Digest.String() }
+
+// serial identifies the manifest: operations on it run one at a time.
+func (r Request) serial() string { return r.Repository + "@" + r.Digest.String() }
+
+// Progress is how far a running operation got.
+type Progress struct {
+	// Phase is what it does now, in words ("converting", "pushing", "binding").
+	Phase string `json:"phase,omitempty"`
+	// Layers and LayersDone count the layers to convert and those done.
+	Layers     int `json:"layers,omitempty"`
+	LayersDone int `json:"layersDone,omitempty"`
+	// Bytes and BytesRead count the compressed bytes of the original layers.
+	Bytes     int64 `json:"bytes,omitempty"`
+	BytesRead int64 `json:"bytesRead,omitempty"`
+}
+
+// Operation is one queued unit of work and what became of it.
+type Operation struct {
+	ID string `json:"id"`
+	Request
+	State State `json:"state"`
+	// Progress is set while Running (it is not persisted: a resumed operation starts over).
+	Progress *Progress `json:"progress,omitempty"`
+	// Message says what the operation did (Succeeded), why it failed (Failed), or why it
+	// waits (NotStarted after a failed attempt).
+	Message string `json:"message,omitempty"`
+	// Attempts counts the runs started, retries and resumptions included.
+	Attempts    int       `json:"attempts"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	Started     time.Time `json:"started,omitzero"`
+	Finished    time.Time `json:"finished,omitzero"`
+	NextAttempt time.Time `json:"nextAttempt,omitzero"`
+}
