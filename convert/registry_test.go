@@ -4,21 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
-	"log"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/rillstream/rill/convert/internal/regtest"
+
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -30,113 +22,17 @@ import (
 // API) and the real distribution registry (without it: the tag-schema fallback). This repeats
 // the little of remote/internal/regtest that convert needs; regtest is internal to remote.
 
-// registryKinds are the registries every scenario runs against.
-func registryKinds() []string { return []string{"referrers-api", "distribution"} }
+// The registries and client of these tests come from convert/internal/regtest.
+func registryKinds() []string { return regtest.Kinds() }
 
-// startRegistry starts a registry of kind and returns its host:port. wrap, when set, stands in
-// front of the in-process registry (to refuse auth or corrupt blobs).
 func startRegistry(t testing.TB, kind string, wrap func(http.Handler) http.Handler) string {
 	t.Helper()
-	switch kind {
-	case "referrers-api":
-		var h http.Handler = registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
-		if wrap != nil {
-			h = wrap(h)
-		}
-		s := httptest.NewServer(h)
-		t.Cleanup(s.Close)
-		return strings.TrimPrefix(s.URL, "http://")
-	case "distribution":
-		if wrap != nil {
-			t.Fatal("the distribution registry cannot be wrapped")
-		}
-		return distribution(t)
-	}
-	t.Fatalf("unknown registry kind %q", kind)
-	return ""
+	return regtest.Start(t, kind, wrap)
 }
 
-// distribution starts the distribution registry binary with deletes enabled.
-func distribution(t testing.TB) string {
-	t.Helper()
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		t.Fatalf("the distribution registry binary is not on PATH (%v): run script/setup-test-env.sh", err)
-	}
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		logf.Close()
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return addr
-			}
-		}
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("registry exited: %v\n%s", err, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("registry on %s not ready within 20s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+func testCtx(t testing.TB) context.Context { t.Helper(); return regtest.Ctx(t) }
 
-// testCtx is bounded: every wait in these tests ends.
-func testCtx(t testing.TB) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// testRegistry is an anonymous remote.Registry with fast retries and no host configuration.
-func testRegistry(t testing.TB) *remote.Registry {
-	t.Helper()
-	r, err := remote.New(remote.WithHostsDir(t.TempDir()), remote.WithCredentials(remote.Anonymous()),
-		remote.WithRetry(2, 10*time.Millisecond, 50*time.Millisecond), remote.WithRequestTimeout(30*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
+func testRegistry(t testing.TB) *remote.Registry { t.Helper(); return regtest.Registry(t) }
 
 // testConverter is a Converter over reg with small chunks, a fixed clock and temp files in
 // the test's directory.

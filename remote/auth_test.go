@@ -12,7 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 	"github.com/sirupsen/logrus"
 )
 

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/rillstream/rill/remote/internal/faultproxy"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 )
 
 // BenchmarkReadAt measures read patterns over loopback through a proxy that delays every
@@ -15,7 +15,7 @@ import (
 // reports the HTTP requests per operation and the time per read (a burst counts as one).
 func BenchmarkReadAt(b *testing.B) {
 	const size = 8 << 20
-	backend := regtest.Distribution(b)
+	backend := regtest.Distribution(b, "")
 	data := randomBytes(size, 11)
 	desc := pushBlob(b, testRegistry(b), backend+"/bench/blob", data)
 	p := faultproxy.New(b, backend)

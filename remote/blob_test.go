@@ -13,7 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rillstream/rill/remote/internal/faultproxy"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 )
 
 // blobFixture is a blob in a registry, reached through a fault proxy.
@@ -65,7 +65,7 @@ var scattered = []Range{{0, 4096}, {200 << 10, 4096}, {500 << 10, 100}, {blobSiz
 func TestBlobReadAt(t *testing.T) {
 	for name, backend := range map[string]func(testing.TB) string{
 		"ggcr":         func(t testing.TB) string { return regtest.InProcess(t, true) },
-		"distribution": regtest.Distribution,
+		"distribution": func(t testing.TB) string { return regtest.Distribution(t, "") },
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newBlobFixture(t, backend(t))
@@ -113,7 +113,7 @@ func TestBlobMissingIsNotFound(t *testing.T) {
 }
 
 func TestBlobCoalescing(t *testing.T) {
-	f := newBlobFixture(t, regtest.Distribution(t))
+	f := newBlobFixture(t, regtest.Distribution(t, ""))
 	br := f.reader(t)
 
 	t.Run("neighbouring reads cost one request", func(t *testing.T) {
@@ -164,7 +164,7 @@ func TestBlobMultiRangeAnsweredPartially(t *testing.T) {
 }
 
 func TestBlobFaults(t *testing.T) {
-	backend := regtest.Distribution(t)
+	backend := regtest.Distribution(t, "")
 	for _, tc := range []struct {
 		name    string
 		faults  []faultproxy.Fault
@@ -213,7 +213,7 @@ func TestBlobFaults(t *testing.T) {
 // After a host refused a multi-range request, later reads use single ranges at once.
 func TestBlobMultiRangeRefusalRemembered(t *testing.T) {
 	for _, kind := range []faultproxy.Kind{faultproxy.MultiAs200, faultproxy.MultiAs400} {
-		f := newBlobFixture(t, regtest.Distribution(t))
+		f := newBlobFixture(t, regtest.Distribution(t, ""))
 		f.proxy.Add(faultproxy.Fault{Kind: kind, Times: -1})
 		br := f.reader(t)
 		if err := f.check(t, br, scattered...); err != nil {

@@ -17,7 +17,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rillstream/rill/remote/internal/faultproxy"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 )
 
 func faultproxy503Storage() faultproxy.Fault {

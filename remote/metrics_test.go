@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rillstream/rill/remote/internal/faultproxy"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 )
 
 func TestMetricsCountRequestsBytesAndRetries(t *testing.T) {

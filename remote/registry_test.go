@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rillstream/rill/remote/internal/faultproxy"
-	"github.com/rillstream/rill/remote/internal/regtest"
+	"github.com/rillstream/rill/internal/regtest"
 )
 
 const streamingType = "application/vnd.rill.streaming.v1"
@@ -26,7 +26,7 @@ var registries = []struct {
 	mountsAcross bool
 }{
 	{"ggcr", func(t testing.TB) string { return regtest.InProcess(t, true) }, true, false},
-	{"distribution", regtest.Distribution, false, true},
+	{"distribution", func(t testing.TB) string { return regtest.Distribution(t, "") }, false, true},
 }
 
 func TestManifests(t *testing.T) {

@@ -1,125 +1,23 @@
-// Package regtest starts the registries the tests of convert's subpackages run against —
-// go-containerregistry's in-process one (with the referrers API) and the distribution binary
-// (without it) — and pushes small images to them.
+// Package regtest gives the tests of convert's subpackages a registry client and small
+// images to push; the registries themselves come from internal/regtest.
 package regtest
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
-	"log"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/rillstream/rill/internal/regtest"
 	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/remote"
 )
-
-// Kinds are the registries every scenario runs against.
-func Kinds() []string { return []string{"referrers-api", "distribution"} }
-
-// Start starts a registry of kind and returns its host:port; the test's cleanup stops it.
-// wrap, when set, stands in front of the in-process registry (the distribution registry cannot
-// be wrapped).
-func Start(t testing.TB, kind string, wrap func(http.Handler) http.Handler) string {
-	t.Helper()
-	switch kind {
-	case "referrers-api":
-		var h http.Handler = registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
-		if wrap != nil {
-			h = wrap(h)
-		}
-		s := httptest.NewServer(h)
-		t.Cleanup(s.Close)
-		return strings.TrimPrefix(s.URL, "http://")
-	case "distribution":
-		if wrap != nil {
-			t.Fatal("the distribution registry cannot be wrapped")
-		}
-		return Distribution(t, "")
-	}
-	t.Fatalf("unknown registry kind %q", kind)
-	return ""
-}
-
-// Distribution starts the distribution registry binary with deletes enabled and extra
-// appended to its configuration; the test's cleanup stops it by PID.
-func Distribution(t testing.TB, extra string) string {
-	t.Helper()
-	bin, err := exec.LookPath("registry")
-	if err != nil {
-		t.Fatalf("the distribution registry binary is not on PATH (%v): run script/setup-test-env.sh", err)
-	}
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s", filepath.Join(dir, "data"), addr, extra)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		logf.Close()
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return addr
-			}
-		}
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("registry exited: %v\n%s", err, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("registry on %s not ready within 20s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // Ctx is bounded: every wait in these tests ends.
 func Ctx(t testing.TB) context.Context {
@@ -173,4 +71,19 @@ func PushImage(t testing.TB, reg *remote.Registry, ref, content string) ocispec.
 		t.Fatal(err)
 	}
 	return desc
+}
+
+// Kinds are the registries every scenario runs against.
+func Kinds() []string { return regtest.Kinds() }
+
+// Start starts a registry of kind (see internal/regtest).
+func Start(t testing.TB, kind string, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	return regtest.Start(t, kind, wrap)
+}
+
+// Distribution starts the distribution registry binary (see internal/regtest).
+func Distribution(t testing.TB, extra string) string {
+	t.Helper()
+	return regtest.Distribution(t, extra)
 }
