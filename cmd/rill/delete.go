@@ -7,25 +7,12 @@ import (
 )
 
 func runDelete(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("rill delete", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var (
-		rf            registryFlags
-		streamingOnly bool
-	)
-	rf.register(fs)
-	fs.BoolVar(&streamingOnly, "streaming-only", false, "delete only the streaming artifacts; the tag is put back to the original image")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "Usage: rill delete IMAGE [flags]\n\nDeletes IMAGE (its tag, index and platform manifests) together with its streaming artifacts.\nBlobs are left to the registry's garbage collection.\n\n")
-		fs.PrintDefaults()
-	}
-	image, err := parseArgs(fs, args)
+	var streamingOnly bool
+	image, c, cleanup, err := imageCommand(env, "delete", "Deletes IMAGE (its tag, index and platform manifests) together with its streaming artifacts.\nBlobs are left to the registry's garbage collection.", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&streamingOnly, "streaming-only", false, "delete only the streaming artifacts; the tag is put back to the original image")
+	})
 	if err != nil {
 		return err
-	}
-	c, cleanup, err := rf.converter(env, image)
-	if err != nil {
-		return fmt.Errorf("%w: %w", err, errUsage)
 	}
 	defer cleanup()
 	res, err := c.Delete(ctx, image, streamingOnly)

@@ -33,6 +33,7 @@ func commands() []command {
 		{"repo", "enable|disable|show REPO", "turn automatic creation for new pushes to REPO on or off", runRepo},
 		{"watch", "", "create streaming artifacts for new pushes to enabled repositories (a service)", runWatch},
 		{"operation", "list|show|cancel ID", "show or cancel the operations of rill watch", runOperation},
+		{"status", "", "show the layers rill-snapshotter streams on this node", runStatus},
 		{"pull", "IMAGE", "pull IMAGE into containerd through rill, streaming what it can", runPull},
 	}
 }

@@ -131,3 +131,25 @@ func parseArgs(fs *flag.FlagSet, args []string) (string, error) {
 	}
 	return image, nil
 }
+
+// imageCommand parses the flags and the IMAGE argument of a command that works on one image
+// in the registry (show, verify, delete) and returns a Converter for it; flags adds the
+// command's own flags. Close the returned cleanup when done.
+func imageCommand(env *cliEnv, name, usage string, args []string, flags func(*flag.FlagSet)) (image string, c *convert.Converter, cleanup func(), err error) {
+	fs := flag.NewFlagSet("rill "+name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf registryFlags
+	rf.register(fs)
+	flags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "Usage: rill %s IMAGE [flags]\n\n%s\n\n", name, usage)
+		fs.PrintDefaults()
+	}
+	if image, err = parseArgs(fs, args); err != nil {
+		return "", nil, nil, err
+	}
+	if c, cleanup, err = rf.converter(env, image); err != nil {
+		return "", nil, nil, fmt.Errorf("%w: %w", err, errUsage)
+	}
+	return image, c, cleanup, nil
+}

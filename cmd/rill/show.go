@@ -10,25 +10,12 @@ import (
 )
 
 func runShow(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("rill show", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var (
-		rf     registryFlags
-		asJSON bool
-	)
-	rf.register(fs)
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "Usage: rill show IMAGE [flags]\n\nLists IMAGE's platform manifests and their streaming artifacts, the one nodes use first.\n\n")
-		fs.PrintDefaults()
-	}
-	image, err := parseArgs(fs, args)
+	var asJSON bool
+	image, c, cleanup, err := imageCommand(env, "show", "Lists IMAGE's platform manifests and their streaming artifacts, the one nodes use first.", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	})
 	if err != nil {
 		return err
-	}
-	c, cleanup, err := rf.converter(env, image)
-	if err != nil {
-		return fmt.Errorf("%w: %w", err, errUsage)
 	}
 	defer cleanup()
 	st, err := c.Show(ctx, image)

@@ -8,25 +8,12 @@ import (
 )
 
 func runVerify(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("rill verify", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var (
-		rf     registryFlags
-		asJSON bool
-	)
-	rf.register(fs)
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "Usage: rill verify IMAGE [flags]\n\nDownloads every streaming artifact of IMAGE and checks that each layer decompresses to exactly\nthe original layer (its diff_id), that its TOC matches, and that the tag's binding is intact.\n\n")
-		fs.PrintDefaults()
-	}
-	image, err := parseArgs(fs, args)
+	var asJSON bool
+	image, c, cleanup, err := imageCommand(env, "verify", "Downloads every streaming artifact of IMAGE and checks that each layer decompresses to exactly\nthe original layer (its diff_id), that its TOC matches, and that the tag's binding is intact.", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	})
 	if err != nil {
 		return err
-	}
-	c, cleanup, err := rf.converter(env, image)
-	if err != nil {
-		return fmt.Errorf("%w: %w", err, errUsage)
 	}
 	defer cleanup()
 	audits, verr := c.Verify(ctx, image)

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/docker/go-units"
+	"github.com/rillstream/rill/config"
+	"github.com/rillstream/rill/snapshotter"
+)
+
+// runStatus prints the state of the layers this node streams, from rill-snapshotter's status
+// socket.
+func runStatus(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("rill status", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	socket := fs.String("socket", config.DefaultStatusAddress, "rill-snapshotter's status socket (its status_address)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "Usage: rill status [flags]\n\nShows the layers rill-snapshotter streams on this node: image, why it streams, bytes local,\nprefetch, background fetch and verification, last error.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", fs.Arg(0), errUsage)
+	}
+	layers, err := fetchStatus(ctx, *socket)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(layers)
+	}
+	if len(layers) == 0 {
+		fmt.Fprintln(env.stdout, "no streamed layers")
+		return nil
+	}
+	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "BLOB\tREF\tREASON\tLOCAL/TOTAL\tPREFETCH\tBACKGROUND\tMOUNTED\tERROR")
+	for _, l := range layers {
+		prefetch := "done"
+		if !l.PrefetchDone {
+			prefetch = "running"
+		}
+		blob := l.Blob.String()
+		if len(blob) > 19 {
+			blob = blob[:19]
+		}
+		if l.Unavailable {
+			blob, l.Background = "(unavailable)", "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s/%s\t%s\t%s\t%s ago\t%s\n", blob, l.Ref, l.Reason,
+			units.BytesSize(float64(l.LocalBytes)), units.BytesSize(float64(l.Bytes)), prefetch, l.Background,
+			time.Since(l.Mounted).Round(time.Second), l.LastError)
+	}
+	return w.Flush()
+}
+
+func fetchStatus(ctx context.Context, socket string) ([]snapshotter.LayerStatus, error) {
+	client := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://rill/v1/layers", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			return nil, fmt.Errorf("cannot reach rill-snapshotter at %s (is it running? is --socket its status_address? run as root): %w", socket, err)
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("rill-snapshotter answered %s", resp.Status)
+	}
+	var layers []snapshotter.LayerStatus
+	if err := json.NewDecoder(resp.Body).Decode(&layers); err != nil {
+		return nil, fmt.Errorf("decode status: %w", err)
+	}
+	return layers, nil
+}
