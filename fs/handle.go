@@ -35,22 +35,39 @@ var (
 	_ gofs.FilePassthroughFder = (*fileHandle)(nil)
 )
 
-// PassthroughFd hands the kernel the local data of a file that is complete in the cache: its
-// reads then never reach rill (FUSE passthrough, Linux ≥ 6.9, as root). A file not complete is
-// served by Read — open() never waits for a download. The handle keeps the cached file open,
-// so it is not evicted while the kernel reads it. go-fuse falls back silently where the kernel
-// refuses.
+// PassthroughFd hands the kernel the local data chosen at open (choosePassthrough), if any.
 func (h *fileHandle) PassthroughFd() (int, bool) {
-	if h.cached == nil || h.file.layer.noPassthrough || !h.cached.Complete() {
+	if h.local == nil {
 		return 0, false
 	}
-	f, err := h.cached.OpenComplete()
-	if err != nil {
-		return 0, false
+	return int(h.local.Fd()), true
+}
+
+// choosePassthrough decides, at open, whether the kernel reads this handle's file itself
+// (FUSE passthrough, Linux ≥ 6.9, as root): only for a file complete in the cache — open()
+// never waits for a download — and only while no handle of the inode is open in the kernel's
+// cached mode: the kernel fails an open whose mode conflicts with the inode's open files (an
+// mmap'd library, say) with EIO. The handle keeps the cached file open, so it is not evicted
+// while the kernel reads it. go-fuse falls back silently where the kernel refuses.
+func (h *fileHandle) choosePassthrough() {
+	f := h.file
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h.cached != nil && !f.layer.noPassthrough && f.cachedOpens == 0 && h.cached.Complete() {
+		if local, err := h.cached.OpenComplete(); err == nil {
+			h.local = local
+			f.passOpens++
+			f.layer.metrics.passthroughOpens.Inc()
+			return
+		}
 	}
-	h.local = f
-	h.file.layer.metrics.passthroughOpens.Inc()
-	return int(f.Fd()), true
+	if f.passOpens > 0 {
+		// The inode is in passthrough mode and this open cannot join it: the kernel would fail
+		// the open. Rare (the cached file went away meanwhile); the caller answers EIO-free by
+		// reading through rill only once the passthrough opens are gone.
+		f.layer.log.WithField("path", f.path).Debug("open in cached mode while passthrough opens exist")
+	}
+	f.cachedOpens++
 }
 
 // cacheKey is the name of a regular file's content in the layer's cache: the blob offset of
@@ -127,6 +144,14 @@ func (h *fileHandle) readAhead(off int64, n int) int64 {
 // Release closes the handle's cached content. go-fuse calls it once the handle's reads have
 // returned, so none of them uses it any more.
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	f := h.file
+	f.mu.Lock()
+	if h.local != nil {
+		f.passOpens--
+	} else {
+		f.cachedOpens--
+	}
+	f.mu.Unlock()
 	if h.local != nil {
 		h.local.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,6 +33,12 @@ type fileNode struct {
 	node
 	// path is the file's path in the layer ("/etc/passwd"); a hardlinked file has the first.
 	path string
+
+	// The kernel's io mode of the inode: open handles in passthrough and in cached mode (the
+	// kernel refuses to mix them).
+	mu          sync.Mutex
+	passOpens   int
+	cachedOpens int
 }
 
 var _ gofs.NodeOpener = (*fileNode)(nil)
@@ -124,8 +131,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		r.opened(f.path)
 	}
 	h := openHandle(f)
+	h.choosePassthrough()
 	// The layer never changes: let the kernel keep pages between opens. A file complete in
-	// the cache is read by the kernel itself (passthrough, see fileHandle.PassthroughFd).
+	// the cache is read by the kernel itself (passthrough, see fileHandle.choosePassthrough).
 	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK
 }
 
