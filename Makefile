@@ -46,3 +46,9 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# The time-to-ready benchmark over an emulated 100 Mbit/s, 20 ms link (script/bench; root).
+# BENCH_FLAGS passes flags, e.g. make bench BENCH_FLAGS="--workloads bigfile --runs 1".
+.PHONY: bench
+bench: setup
+	$(GO) run ./script/bench $(BENCH_FLAGS)

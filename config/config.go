@@ -83,6 +83,9 @@ type Streaming struct {
 	// prefetch and yielding to reads, and checks a streaming artifact's layer against the
 	// original's diff_id once complete.
 	BackgroundFetch bool `toml:"background_fetch"`
+	// BackgroundDelay is how long after a layer's mount (and its prefetch) the background
+	// fetch starts, so that it does not share the link with a container's start.
+	BackgroundDelay string `toml:"background_delay"`
 	// BackgroundRate caps the background fetch of all layers together, in bytes per second
 	// ("20MB"); "0": no cap. Reads and prefetch are never capped.
 	BackgroundRate string `toml:"background_rate"`
@@ -90,6 +93,12 @@ type Streaming struct {
 	// files are first opened is recorded and written as a prefetch profile under root/profiles.
 	// "0s" turns recording off.
 	RecordWindow string `toml:"record_window"`
+}
+
+// BackgroundDelayDuration is BackgroundDelay parsed (Validate has checked it).
+func (s Streaming) BackgroundDelayDuration() time.Duration {
+	d, _ := time.ParseDuration(s.BackgroundDelay)
+	return d
 }
 
 // BackgroundRateBytes is BackgroundRate parsed, in bytes per second (0: no cap).
@@ -156,6 +165,7 @@ func Default() Config {
 			BackgroundFetch: true,
 			RecordWindow:    "60s",
 			BackgroundRate:  "0",
+			BackgroundDelay: "10s",
 		},
 		Cache: Cache{MaxSize: "10GiB"},
 	}
@@ -277,6 +287,9 @@ func (s Streaming) validate() error {
 	}
 	if d, err := time.ParseDuration(s.RecordWindow); err != nil || d < 0 {
 		return fmt.Errorf("streaming.record_window: %q is not a duration like \"60s\" (\"0s\": off)", s.RecordWindow)
+	}
+	if d, err := time.ParseDuration(s.BackgroundDelay); err != nil || d < 0 {
+		return fmt.Errorf("streaming.background_delay: %q is not a duration like \"10s\"", s.BackgroundDelay)
 	}
 	if n, err := units.FromHumanSize(s.BackgroundRate); err != nil || n < 0 {
 		return fmt.Errorf("streaming.background_rate: %q is not bytes per second like \"20MB\" (\"0\": no cap)", s.BackgroundRate)

@@ -193,5 +193,8 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	}
 }
 
+// Done is closed when the layer is unmounted: background work of the layer stops with it.
+func (m *Mounted) Done() <-chan struct{} { return m.ctx.Done() }
+
 // Wait blocks until the filesystem is unmounted.
 func (m *Mounted) Wait() { m.server.Wait() }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -14,9 +15,11 @@ import (
 )
 
 // WithBackgroundFetch makes every streamed layer complete in the background (after its
-// prefetch, yielding to reads) and checks a streaming artifact's layer against the original.
-func WithBackgroundFetch(on bool) Opt {
-	return func(s *settings) { s.background = on }
+// prefetch and delay, yielding to reads) and checks a streaming artifact's layer against the
+// original. The delay keeps the background fetch off the link while a container starts: reads
+// only wait for requests to start, not for bandwidth shared with a transfer in flight.
+func WithBackgroundFetch(on bool, delay time.Duration) Opt {
+	return func(s *settings) { s.background, s.backgroundDelay = on, delay }
 }
 
 // startBackground makes the layer complete in the background and handles the verdict: a layer
@@ -26,9 +29,16 @@ func (s *Snapshotter) startBackground(ml *mountedLayer, original *rillfs.Origina
 	if !s.background || ml.cache == nil {
 		return
 	}
-	ml.setBackground("running", nil)
+	ml.setBackground("waiting", nil)
 	go func() {
 		entry := log.L.WithField("blob", ml.blob.String())
+		select {
+		case <-time.After(s.backgroundDelay):
+		case <-ml.mounted.Done():
+			ml.setBackground("stopped", nil)
+			return
+		}
+		ml.setBackground("running", nil)
 		err := ml.mounted.Complete(original)
 		switch {
 		case err == nil && original != nil:

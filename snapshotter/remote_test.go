@@ -511,7 +511,7 @@ func TestBackgroundVerification(t *testing.T) {
 			t.Fatal(err)
 		}
 		metrics := NewMetrics()
-		sn, err := NewSnapshotter(ctx, root, WithResolver(r), WithCache(store), WithBackgroundFetch(true), WithMetrics(metrics))
+		sn, err := NewSnapshotter(ctx, root, WithResolver(r), WithCache(store), WithBackgroundFetch(true, 0), WithMetrics(metrics))
 		if err != nil {
 			t.Fatal(err)
 		}

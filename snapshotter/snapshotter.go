@@ -22,15 +22,16 @@ import (
 type Opt func(*settings)
 
 type settings struct {
-	asyncRemove  bool
-	mountOptions []string
-	resolver     Resolver
-	tocLimits    rillfs.Limits
-	fsMount      rillfs.MountOptions
-	metrics      *Metrics
-	cache        *cache.Store
-	background   bool
-	recordWindow time.Duration
+	asyncRemove     bool
+	mountOptions    []string
+	resolver        Resolver
+	tocLimits       rillfs.Limits
+	fsMount         rillfs.MountOptions
+	metrics         *Metrics
+	cache           *cache.Store
+	background      bool
+	backgroundDelay time.Duration
+	recordWindow    time.Duration
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -53,17 +54,18 @@ type Snapshotter struct {
 	asyncRemove bool
 
 	// Streaming; resolver is nil when it is off.
-	resolver     Resolver
-	loader       *layerLoader
-	remote       *remoteLayers
-	tocLimits    rillfs.Limits
-	fsMount      rillfs.MountOptions
-	metrics      *Metrics
-	cache        *cache.Store
-	background   bool
-	failed       *failedLayers
-	recordWindow time.Duration
-	recs         recordings
+	resolver        Resolver
+	loader          *layerLoader
+	remote          *remoteLayers
+	tocLimits       rillfs.Limits
+	fsMount         rillfs.MountOptions
+	metrics         *Metrics
+	cache           *cache.Store
+	background      bool
+	backgroundDelay time.Duration
+	failed          *failedLayers
+	recordWindow    time.Duration
+	recs            recordings
 }
 
 var (
@@ -105,7 +107,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		background: set.background, backgroundDelay: set.backgroundDelay, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)

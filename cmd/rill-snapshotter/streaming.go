@@ -59,7 +59,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	return append(opts,
 		snapshotter.WithResolver(resolver),
 		snapshotter.WithCache(store),
-		snapshotter.WithBackgroundFetch(c.BackgroundFetch),
+		snapshotter.WithBackgroundFetch(c.BackgroundFetch, c.BackgroundDelayDuration()),
 		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout:    c.ReadTimeoutDuration(),
