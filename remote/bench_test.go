@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rillstream/rill/remote/internal/faultproxy"
 	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 // BenchmarkReadAt measures read patterns over loopback through a proxy that delays every

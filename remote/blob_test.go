@@ -12,8 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/rillstream/rill/remote/internal/faultproxy"
 	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 // blobFixture is a blob in a registry, reached through a fault proxy.

@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/rillstream/rill/remote/internal/faultproxy"
 	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 func faultproxy503Storage() faultproxy.Fault {

@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rillstream/rill/remote/internal/faultproxy"
 	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 func TestMetricsCountRequestsBytesAndRetries(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/rillstream/rill/remote/internal/faultproxy"
 	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 const streamingType = "application/vnd.rill.streaming.v1"
