@@ -16,9 +16,6 @@ import (
 // one cold run of each mode over the emulated link. It checks that the harness measures
 // something plausible, not how fast rill is.
 func TestQuickBenchmark(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts containerd and a registry six times: not in -short")
-	}
 	if os.Geteuid() != 0 {
 		t.Fatalf("the benchmark needs root (containerd, mounts, drop_caches); run it as root after `bash %s`", harness.SetupScript)
 	}
