@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rillstream/rill/test/harness"
+	"github.com/rillstream/rill/test/images"
 )
 
 // pythonPackages are installed on a Debian minbase: ≥ 1 GiB of files, of which the start reads
@@ -53,7 +54,7 @@ func (b *builder) python(ctx context.Context) (*workload, error) {
 			return nil, nil, err
 		}
 		b.logf("workload python: writing the layer")
-		l, err := rootfsLayer(rootfs, layerPath(dir, 0))
+		l, err := images.RootfsLayer(rootfs, layerPath(dir, 0))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -89,7 +89,7 @@ func cachedDebianLayer(ctx context.Context, cacheDir string, logf func(string, .
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", out, err)
 	}
-	layer, err := rootfsLayer(rootfs, filepath.Join(out, "layer.tar.gz"))
+	layer, err := RootfsLayer(rootfs, filepath.Join(out, "layer.tar.gz"))
 	if err != nil {
 		return nil, fmt.Errorf("making a layer of the debian root file system: %w", err)
 	}

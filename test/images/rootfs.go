@@ -17,10 +17,10 @@ import (
 	"github.com/rillstream/rill/test/harness"
 )
 
-// rootfsLayer writes the tree at root as a gzip tar layer at path, in lexical order, keeping
+// RootfsLayer writes the tree at root as a gzip tar layer at path, in lexical order, keeping
 // owners, modes, times, hardlinks and extended attributes. Device nodes and sockets are left
 // out (the runtime provides /dev).
-func rootfsLayer(root, path string) (*harness.Layer, error) {
+func RootfsLayer(root, path string) (*harness.Layer, error) {
 	w, err := harness.NewLayerWriter(path, gzip.DefaultCompression)
 	if err != nil {
 		return nil, err
