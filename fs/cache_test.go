@@ -230,7 +230,9 @@ func TestReadsAfterTheFirstComeFromTheCache(t *testing.T) {
 func TestCacheServesReadsAfterRestart(t *testing.T) {
 	cl := newCachedLayer(t, []testlayer.Entry{
 		testlayer.Reg("read-before", testlayer.RandomBytes(31, 150<<10), 0o644),
-		testlayer.Reg("half-read", testlayer.RandomBytes(32, 4*64<<10), 0o644),
+		// Longer than what a miss fetches along (its chunk and the neighbours that follow it,
+		// up to neighbourWindow): its tail stays remote.
+		testlayer.Reg("half-read", testlayer.RandomBytes(32, 8*64<<10), 0o644),
 		testlayer.Reg("never-read", testlayer.RandomBytes(33, 100<<10), 0o644),
 		testlayer.Reg("tiny", []byte("tiny\n"), 0o644),
 	})
@@ -267,7 +269,7 @@ func TestCacheServesReadsAfterRestart(t *testing.T) {
 	if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, cl.entries["half-read"][:64<<10]) {
 		t.Errorf("cached head of a half-read file: err %v, equal %v", err, bytes.Equal(got, cl.entries["half-read"][:64<<10]))
 	}
-	if _, err := f.ReadAt(got, 3*64<<10); !errors.Is(err, syscall.EIO) {
+	if _, err := f.ReadAt(got, 7*64<<10); !errors.Is(err, syscall.EIO) {
 		t.Errorf("uncached tail of a half-read file with the registry down: %v, want EIO", err)
 	}
 	if _, err := os.ReadFile(filepath.Join(mnt, "never-read")); !errors.Is(err, syscall.EIO) {

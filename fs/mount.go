@@ -101,6 +101,9 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		lfs.recorder = newRecorder(opts.RecordWindow)
 	}
 	lfs.backgroundRate = opts.BackgroundRate
+	if opts.Cache != nil {
+		lfs.reader.neighbours = idx.segments()[1:] // without the headers before the first chunk
+	}
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
 	timeout := cacheForever
 	server, err := gofs.Mount(mountpoint, root, &gofs.Options{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,75 @@ type chunkReader struct {
 	flights flights
 	// reading counts fetches for reads in flight: background work waits while it is not 0.
 	reading atomic.Int64
+	// neighbours are the layer's chunk segments in blob order (nil without a cache): a miss
+	// also fetches the chunks that follow in the blob — files used together sit together.
+	neighbours []segment
+}
+
+// neighbourWindow bounds what a miss fetches beyond its chunk: about one round trip's worth
+// of bytes on a 100 Mbit/s, 20 ms link.
+const neighbourWindow = 256 << 10
+
+// readNeighbours fetches chunk c with the chunks that follow it in the blob (other files
+// included) while they are missing from the cache, up to neighbourWindow compressed bytes, in
+// one request; it stores them and returns c's bytes. Any failure is returned for the caller
+// to fall back to a plain read of c.
+func (r *chunkReader) readNeighbours(ctx context.Context, c Chunk) ([]byte, error) {
+	segs := r.neighbours
+	k := sort.Search(len(segs), func(i int) bool { return segs[i].start >= c.BlobOffset })
+	if k == len(segs) || segs[k].start != c.BlobOffset {
+		return nil, errors.New("chunk not among the segments")
+	}
+	j := k + 1
+	for ; j < len(segs) && segs[j].start == segs[j-1].end && segs[j].end-c.BlobOffset <= neighbourWindow; j++ {
+		if r.segmentCached(segs[j]) {
+			break
+		}
+	}
+	if j == k+1 {
+		return nil, errors.New("no neighbour to fetch")
+	}
+	r.reading.Add(1)
+	defer r.reading.Add(-1)
+	start, end := c.BlobOffset, segs[j-1].end
+	buf := make([]byte, end-start)
+	if _, err := readFull(ctx, r.blob, buf, start); err != nil {
+		return nil, err
+	}
+	r.metrics.fetchedOnDemand.Add(float64(len(buf)))
+	var out []byte
+	for i := k; i < j; i++ {
+		s := segs[i]
+		data, extra, err := decompressSegment(buf[s.start-start:s.end-start], *s.chunk)
+		if err != nil {
+			if i == k {
+				return nil, err
+			}
+			break
+		}
+		r.storeExtra(s.start, extra)
+		if i == k {
+			out = data
+			continue
+		}
+		key, _ := cacheKey(s.node)
+		if f, err := r.cache.File(key, s.node.Size); err == nil {
+			r.store(f, *s.chunk, data)
+			f.Close()
+		}
+	}
+	return out, nil
+}
+
+// segmentCached reports whether a chunk segment's bytes are in the cache.
+func (r *chunkReader) segmentCached(s segment) bool {
+	key, _ := cacheKey(s.node)
+	f, err := r.cache.File(key, s.node.Size)
+	if err != nil {
+		return true // no place to put it: do not fetch it
+	}
+	defer f.Close()
+	return len(f.Missing(s.chunk.Offset, s.chunk.Size)) == 0
 }
 
 // yieldPoll is how often background work checks whether reads are still fetching.
@@ -147,6 +217,10 @@ func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File,
 			}
 			if ahead > 0 && cf != nil {
 				if data, err := r.readRun(ctx, n, i, cf, ahead); err == nil {
+					return fetched{data: data}, nil
+				}
+			} else if cf != nil && r.neighbours != nil {
+				if data, err := r.readNeighbours(ctx, c); err == nil {
 					return fetched{data: data}, nil
 				}
 			}
