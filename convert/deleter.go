@@ -45,32 +45,9 @@ func newDeleter(a Access) *deleter {
 // (host/repository). NotFound when it is not there; NotImplemented when the registry does not
 // allow deletes.
 func (d *deleter) deleteManifest(ctx context.Context, name, object string) error {
-	named, err := reference.ParseNormalizedNamed(name)
+	rh, repo, err := d.access.host(ctx, name, docker.HostCapabilityPush)
 	if err != nil {
-		return fmt.Errorf("delete %s: %w: %w", name, errdefs.ErrInvalidArgument, err)
-	}
-	host, repo := reference.Domain(named), reference.Path(named)
-	opts := config.HostOptions{
-		DefaultScheme: d.access.DefaultScheme,
-		Credentials: func(h string) (string, string, error) {
-			return d.access.Credentials.Credentials(ctx, h)
-		},
-	}
-	if d.access.HostsDir != "" {
-		opts.HostDir = config.HostDirFromRoot(d.access.HostsDir)
-	}
-	hosts, err := config.ConfigureHosts(ctx, opts)(host)
-	if err != nil {
-		return fmt.Errorf("delete %s@%s: configure hosts: %w", name, object, err)
-	}
-	var rh *docker.RegistryHost
-	for i := range hosts {
-		if hosts[i].Capabilities.Has(docker.HostCapabilityPush) {
-			rh = &hosts[i]
-		}
-	}
-	if rh == nil {
-		return fmt.Errorf("delete %s@%s: no configured host of %s accepts writes: %w", name, object, host, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("delete %s@%s: %w", name, object, err)
 	}
 	ctx = docker.WithScope(ctx, "repository:"+repo+":pull,push,delete")
 	u := url.URL{Scheme: rh.Scheme, Host: rh.Host, Path: strings.TrimSuffix(rh.Path, "/") + "/" + repo + "/manifests/" + object}
@@ -120,4 +97,42 @@ func (d *deleter) deleteManifest(ctx context.Context, name, object string) error
 			return fmt.Errorf("%s: %w", base, errdefs.ErrUnknown)
 		}
 	}
+}
+
+// host returns the host of the repository name (host/repository) that has capability — the
+// last one configured: the upstream, after the mirrors — and the repository's path, with the
+// hosts, TLS and credentials of a.
+func (a Access) host(ctx context.Context, name string, capability docker.HostCapabilities) (*docker.RegistryHost, string, error) {
+	named, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	host, repo := reference.Domain(named), reference.Path(named)
+	creds := a.Credentials
+	if creds == nil {
+		creds = remote.Anonymous()
+	}
+	opts := config.HostOptions{
+		DefaultScheme: a.DefaultScheme,
+		Credentials: func(h string) (string, string, error) {
+			return creds.Credentials(ctx, h)
+		},
+	}
+	if a.HostsDir != "" {
+		opts.HostDir = config.HostDirFromRoot(a.HostsDir)
+	}
+	hosts, err := config.ConfigureHosts(ctx, opts)(host)
+	if err != nil {
+		return nil, "", fmt.Errorf("configure hosts: %w", err)
+	}
+	var rh *docker.RegistryHost
+	for i := range hosts {
+		if hosts[i].Capabilities.Has(capability) {
+			rh = &hosts[i]
+		}
+	}
+	if rh == nil {
+		return nil, "", fmt.Errorf("no configured host of %s can do this: %w", host, errdefs.ErrFailedPrecondition)
+	}
+	return rh, repo, nil
 }

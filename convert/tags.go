@@ -11,9 +11,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 )
 
 // maxTagPages bounds the pages of one tag listing (a registry that links pages in a circle
@@ -25,35 +23,10 @@ const maxTagPages = 1000
 // New. NotFound when the repository does not exist.
 func (c *Converter) Tags(ctx context.Context, name string) (_ []string, err error) {
 	defer func() { err = authError(err) }()
-	named, err := reference.ParseNormalizedNamed(name)
+	// The upstream (the last host that resolves) has every tag; mirrors may not.
+	rh, repo, err := c.del.access.host(ctx, name, docker.HostCapabilityResolve)
 	if err != nil {
-		return nil, fmt.Errorf("list the tags of %s: %w: %w", name, errdefs.ErrInvalidArgument, err)
-	}
-	host, repo := reference.Domain(named), reference.Path(named)
-	a := c.del.access
-	opts := config.HostOptions{
-		DefaultScheme: a.DefaultScheme,
-		Credentials: func(h string) (string, string, error) {
-			return a.Credentials.Credentials(ctx, h)
-		},
-	}
-	if a.HostsDir != "" {
-		opts.HostDir = config.HostDirFromRoot(a.HostsDir)
-	}
-	hosts, err := config.ConfigureHosts(ctx, opts)(host)
-	if err != nil {
-		return nil, fmt.Errorf("list the tags of %s: configure hosts: %w", name, err)
-	}
-	// The upstream (the last host, the one that accepts pushes) has every tag; mirrors may
-	// not.
-	var rh *docker.RegistryHost
-	for i := range hosts {
-		if hosts[i].Capabilities.Has(docker.HostCapabilityResolve) {
-			rh = &hosts[i]
-		}
-	}
-	if rh == nil {
-		return nil, fmt.Errorf("list the tags of %s: no configured host of %s resolves: %w", name, host, errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("list the tags of %s: %w", name, err)
 	}
 	ctx = docker.WithScope(ctx, "repository:"+repo+":pull")
 	base := url.URL{Scheme: rh.Scheme, Host: rh.Host}
