@@ -224,6 +224,10 @@ func (w *Watcher) classify(ctx context.Context, repo string, desc ocispec.Descri
 	return k, nil
 }
 
+// tagVisibleGrace is how long after its event a tag that does not resolve is retried rather
+// than taken as deleted.
+const tagVisibleGrace = 30 * time.Second
+
 // work runs one operation: the conversion of op's tag, if it still names op's digest and
 // the repository is still enabled.
 func (w *Watcher) work(ctx context.Context, op operation.Operation, progress func(operation.Progress)) (string, error) {
@@ -235,6 +239,10 @@ func (w *Watcher) work(ctx context.Context, op operation.Operation, progress fun
 		return "skipped: automatic creation was disabled for " + op.Repository, nil
 	}
 	now, err := w.cfg.Remote.Resolve(ctx, op.Image())
+	if errdefs.IsNotFound(err) && time.Since(op.Created) < tagVisibleGrace {
+		// The registry may notify before the tag it just pushed resolves: try again.
+		return "", fmt.Errorf("the tag %s does not resolve yet: %v", op.Image(), err)
+	}
 	if errdefs.IsNotFound(err) {
 		return "skipped: the tag no longer exists", nil
 	}
