@@ -49,7 +49,7 @@ func testImage(t *testing.T, env *harness.Env, img pushedImage) {
 		t.Fatalf("stopping rill-snapshotter (SIGTERM must end it with status 0): %v", err)
 	}
 	stopped := time.Now()
-	if err := env.Snapshotter.Start(ctx); err != nil {
+	if err := env.StartSnapshotter(ctx); err != nil {
 		t.Fatalf("starting rill-snapshotter again on the same root: %v", err)
 	}
 	t.Logf("restarted rill-snapshotter: stopped in %s, ready again in %s (pid %d now)",

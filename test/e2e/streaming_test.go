@@ -160,7 +160,7 @@ func testFaults(t *testing.T, env *harness.Env, img pushedImage, smallRead []str
 	if err := env.Snapshotter.Kill(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.Snapshotter.Start(ctx); err != nil {
+	if err := env.StartSnapshotter(ctx); err != nil {
 		t.Fatalf("starting rill-snapshotter after SIGKILL: %v", err)
 	}
 	if res := run("after-sigkill", []string{"/bin/cat", unread}); res.ExitCode != 0 || res.Stdout != unreadWant {

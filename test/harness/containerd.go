@@ -12,9 +12,12 @@ import (
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // CRINamespace is the containerd namespace of the CRI plugin (and of crictl's images).
@@ -205,6 +208,38 @@ func (c *Containerd) dial(ctx context.Context) error {
 		return err
 	}
 	return conn.Close()
+}
+
+// WaitSnapshotter waits until containerd reaches the proxy snapshotter name again. After the
+// snapshotter restarts, containerd's connection to it reconnects with a backoff (up to a few
+// seconds); until then containerd fails every call that needs the snapshotter, as a node would.
+func (c *Containerd) WaitSnapshotter(ctx context.Context, name string, timeout time.Duration) error {
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connecting to containerd at %s: %w", c.socket, err)
+	}
+	defer conn.Close()
+	client := snapshotsapi.NewSnapshotsClient(conn)
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := client.Usage(namespaces.WithNamespace(ctx, CRINamespace),
+			&snapshotsapi.UsageRequest{Snapshotter: name, Key: "rill-harness-probe-does-not-exist"})
+		// A NotFound comes from the snapshotter itself: containerd reached it.
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd did not reach snapshotter %q within %s: %w", name, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // ContentLabels returns the labels containerd keeps on the blob dgst in namespace ns. After an

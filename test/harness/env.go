@@ -179,6 +179,15 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	return e, nil
 }
 
+// StartSnapshotter starts rill-snapshotter again (after Stop or Kill) and waits until
+// containerd reaches it, so the next CRI call does not fail on containerd's reconnect backoff.
+func (e *Env) StartSnapshotter(ctx context.Context) error {
+	if err := e.Snapshotter.Start(ctx); err != nil {
+		return err
+	}
+	return e.Containerd.WaitSnapshotter(ctx, SnapshotterName, 30*time.Second)
+}
+
 // LogDir returns the directory of the daemons' logs.
 func (e *Env) LogDir() string { return e.logDir }
 

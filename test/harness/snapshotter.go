@@ -30,6 +30,10 @@ type Snapshotter struct {
 	config  string
 	logPath string
 	proc    *Process
+
+	certsDir  string
+	metrics   string
+	streaming []string // extra [streaming] lines (SetStreaming)
 }
 
 const snapshotterConfig = `root = %q
@@ -45,7 +49,9 @@ async_remove = true
 hosts_dir = %q
 # Short, so that reads of a registry that is down fail fast in the tests.
 read_timeout = "5s"
-%s`
+# Short, so that a test can use the profile its container's start recorded.
+record_window = "5s"
+%s%s`
 
 // metricsConfig turns on rill-snapshotter's Prometheus endpoint at an address.
 const metricsConfig = `
@@ -71,10 +77,29 @@ func newSnapshotter(bin, dir, logDir, certsDir, metricsAddress string) (*Snapsho
 	if metricsAddress != "" {
 		metrics = fmt.Sprintf(metricsConfig, metricsAddress)
 	}
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, certsDir, metrics), 0o644); err != nil {
-		return nil, fmt.Errorf("writing the snapshotter config: %w", err)
+	s.certsDir, s.metrics = certsDir, metrics
+	if err := s.writeConfig(); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// SetStreaming replaces the extra lines of the config's [streaming] table (TOML, such as
+// `trust = "referrers"`); they take effect at the next Start.
+func (s *Snapshotter) SetStreaming(lines ...string) error {
+	s.streaming = lines
+	return s.writeConfig()
+}
+
+func (s *Snapshotter) writeConfig() error {
+	extra := ""
+	for _, l := range s.streaming {
+		extra += l + "\n"
+	}
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics), 0o644); err != nil {
+		return fmt.Errorf("writing the snapshotter config: %w", err)
+	}
+	return nil
 }
 
 // Start starts the daemon and waits until its socket accepts connections.
