@@ -53,6 +53,20 @@ func (s *Snapshotter) record(image string, ml *mountedLayer) {
 	}
 }
 
+// writePendingProfiles writes the profiles of every image still being recorded, with what was
+// recorded so far: a daemon that stops before a window is over keeps what it saw.
+func (s *Snapshotter) writePendingProfiles() {
+	s.recs.mu.Lock()
+	images := make([]string, 0, len(s.recs.images))
+	for image := range s.recs.images {
+		images = append(images, image)
+	}
+	s.recs.mu.Unlock()
+	for _, image := range images {
+		s.writeProfile(image)
+	}
+}
+
 // writeProfile merges the first opens of the image's layers by time and writes the profile.
 func (s *Snapshotter) writeProfile(image string) {
 	s.recs.mu.Lock()

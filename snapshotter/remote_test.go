@@ -597,3 +597,46 @@ func TestAccessRecordingWritesAProfile(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A daemon that stops before the recording window is over writes what it recorded so far.
+func TestClosingWritesThePendingProfile(t *testing.T) {
+	requireRoot(t)
+	local, digests := newLocalResolver(t, []testlayer.Entry{
+		testlayer.Reg("bin/app", []byte("app"), 0o755),
+		testlayer.Reg("etc/app.conf", []byte("conf"), 0o644),
+	})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	sn, err := NewSnapshotter(ctx, root, WithResolver(local), WithRecordWindow(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	view, release := mountView(t, ctx, sn, "view", "chain")
+	if _, err := os.ReadFile(filepath.Join(view, "bin/app")); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	path := ProfilePath(root, "127.0.0.1:5000/app:v1")
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("a profile exists before the window is over: %v", err)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("closing the snapshotter did not write the pending profile: %v", err)
+	}
+	var p Profile
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(p.Paths) != "[/bin/app]" {
+		t.Fatalf("profile written at close: %+v", p)
+	}
+}

@@ -219,6 +219,7 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 
 // Close unmounts the streamed layers and closes the metastore. Closing twice is harmless.
 func (s *Snapshotter) Close() error {
+	s.writePendingProfiles()
 	s.unmountAll()
 	err := s.overlay.Close()
 	if err != nil && !errors.Is(err, os.ErrClosed) {

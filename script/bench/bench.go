@@ -55,6 +55,7 @@ func run(ctx context.Context, cfg *config, stdout io.Writer) (_ []summary, err e
 				return nil, err
 			}
 			w.profileSource = "given on the command line: " + file
+			w.profileGiven = true
 		}
 		logf("workload %s: %d layers, %s uncompressed, %s compressed; reads %s at start (%d files opened)",
 			name, len(w.layers), mb(w.imageBytes), mb(w.compressed), mb(w.startBytes), len(w.profile))

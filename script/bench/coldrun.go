@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/test/harness"
 )
 
@@ -47,6 +48,17 @@ func (r runResult) splitText() string {
 // coldRun runs workload w once in mode from a cold start: fresh containerd and snapshotter,
 // page cache dropped; the registry and the link are the benchmark's.
 func (bn *bench) coldRun(parent context.Context, w *workload, mode, ref string) (res runResult, err error) {
+	return bn.coldRunRecording(parent, w, mode, ref, nil)
+}
+
+// recordWindow is rill's access-recording window in the benchmark's runs: longer than any
+// start, so that the profile of a recording run holds everything read until ready.
+const recordWindow = "30m"
+
+// coldRunRecording is coldRun; with recorded set, once the container is ready it removes the
+// pod and stops rill-snapshotter, which writes the prefetch profile it recorded, and passes
+// the recorded paths to recorded.
+func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref string, recorded func([]string)) (res runResult, err error) {
 	ctx, cancel := context.WithTimeout(parent, bn.cfg.timeout)
 	defer cancel()
 	res = runResult{workload: w.name, mode: mode}
@@ -55,10 +67,11 @@ func (bn *bench) coldRun(parent context.Context, w *workload, mode, ref string) 
 		return res, err
 	}
 	opts := harness.Options{
-		Logf:          func(string, ...any) {},
-		TempDir:       dir,
-		Registry:      bn.registry,
-		RegistryHosts: []string{bn.link.Addr()},
+		Logf:                 func(string, ...any) {},
+		TempDir:              dir,
+		Registry:             bn.registry,
+		RegistryHosts:        []string{bn.link.Addr()},
+		SnapshotterStreaming: []string{fmt.Sprintf("record_window = %q", recordWindow)},
 	}
 	switch mode {
 	case modeFull:
@@ -136,6 +149,14 @@ func (bn *bench) coldRun(parent context.Context, w *workload, mode, ref string) 
 		}
 		res.fetchedReady, res.requests = m.fetched, m.requests
 	}
+	if recorded != nil {
+		paths, err := bn.collectProfile(ctx, env, podID)
+		if err != nil {
+			return res, err
+		}
+		recorded(paths)
+		return res, nil
+	}
 	bn.logf("  ready after %s; waiting for the link to fall quiet", sec(res.ready))
 	bn.settle(ctx)
 	res.bytesTotal = bn.link.BytesDown() - before
@@ -147,6 +168,40 @@ func (bn *bench) coldRun(parent context.Context, w *workload, mode, ref string) 
 		res.fetched = m.fetched
 	}
 	return res, nil
+}
+
+// collectProfile ends a recording run: it removes the pod, stops rill-snapshotter (which
+// writes the profiles it is recording) and reads the one profile written, then starts
+// rill-snapshotter again so that the run ends as every other.
+func (bn *bench) collectProfile(ctx context.Context, env *harness.Env, podID string) ([]string, error) {
+	for _, args := range [][]string{{"stopp", podID}, {"rmp", "--force", podID}} {
+		if _, err := env.CRI.Run(ctx, args...); err != nil {
+			return nil, err
+		}
+	}
+	if err := env.Snapshotter.Stop(ctx); err != nil {
+		return nil, fmt.Errorf("stopping rill-snapshotter to collect its recorded profile: %w", err)
+	}
+	files, err := filepath.Glob(filepath.Join(env.Snapshotter.Root(), "profiles", "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	if len(files) != 1 {
+		return nil, fmt.Errorf("rill-snapshotter recorded %d prefetch profiles (%v), want 1", len(files), files)
+	}
+	f, err := os.Open(files[0])
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	paths, err := convert.ParseProfile(f)
+	if err != nil {
+		return nil, fmt.Errorf("the profile rill-snapshotter recorded: %w", err)
+	}
+	if err := env.StartSnapshotter(ctx); err != nil {
+		return nil, err
+	}
+	return paths, nil
 }
 
 // settle waits until the link has carried nothing for a second (the background fetch, if any,

@@ -96,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&mbit, "bandwidth", 100, "link rate in Mbit/s, each direction, shared by all connections")
 	fs.DurationVar(&cfg.rtt, "rtt", 20*time.Millisecond, "link round-trip time")
 	fs.BoolVar(&cfg.noLink, "no-link", false, "pull from the registry directly, on loopback")
-	fs.Var(profileFlag(cfg.profiles), "profile", "WORKLOAD=FILE: the prefetch profile for rill-profile (paths, one a line); repeatable. Default: the one recorded when the workload was built")
+	fs.Var(profileFlag(cfg.profiles), "profile", "WORKLOAD=FILE: the prefetch profile for rill-profile (paths, one a line); repeatable. Default: record one with rill-snapshotter in a cold run of the rill mode first")
 	fs.DurationVar(&cfg.settle, "settle", 2*time.Minute, "after ready, wait at most this long for the link to fall quiet before counting total bytes")
 	fs.DurationVar(&cfg.timeout, "run-timeout", 20*time.Minute, "bound of one run")
 	peer.register(fs)

@@ -46,7 +46,7 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 			if err := push(repo); err != nil {
 				return nil, err
 			}
-			if err := bn.rillCreate(ctx, reg+"/"+repo, ""); err != nil {
+			if err := bn.rillCreate(ctx, reg+"/"+repo, "", false); err != nil {
 				return nil, err
 			}
 			refs[mode] = via + "/" + repo
@@ -55,12 +55,24 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 			if err := push(repo); err != nil {
 				return nil, err
 			}
+			force := false
+			if !w.profileGiven {
+				// What a user does: stream the image once without a profile with rill
+				// recording, then build the artifact again with the profile rill recorded.
+				if err := bn.rillCreate(ctx, reg+"/"+repo, "", false); err != nil {
+					return nil, err
+				}
+				if err := bn.record(ctx, w, via+"/"+repo); err != nil {
+					return nil, err
+				}
+				force = true
+			}
 			profile := filepath.Join(bn.work, w.name+".profile")
 			if err := os.WriteFile(profile, []byte(strings.Join(w.profile, "\n")+"\n"), 0o644); err != nil {
 				return nil, err
 			}
 			bn.logf("%s: prefetch profile of %d paths, %s", w.name, len(w.profile), w.profileSource)
-			if err := bn.rillCreate(ctx, reg+"/"+repo, profile); err != nil {
+			if err := bn.rillCreate(ctx, reg+"/"+repo, profile, force); err != nil {
 				return nil, err
 			}
 			refs[mode] = via + "/" + repo
@@ -75,8 +87,26 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 	return refs, nil
 }
 
-// rillCreate runs `rill create` for ref (on the registry itself), with a profile if given.
-func (bn *bench) rillCreate(ctx context.Context, ref, profile string) error {
+// record runs w once, cold, streaming ref with rill, and takes the prefetch profile rill
+// recorded of its start as w's profile.
+func (bn *bench) record(ctx context.Context, w *workload, ref string) error {
+	bn.logf("%s: recording its start with rill (a cold run without a profile)", w.name)
+	var paths []string
+	r, err := bn.coldRunRecording(ctx, w, modeRill, ref, func(p []string) { paths = p })
+	if err != nil {
+		return fmt.Errorf("recording the start of %s: %w", w.name, err)
+	}
+	if len(paths) == 0 {
+		return fmt.Errorf("recording the start of %s: rill recorded no file", w.name)
+	}
+	w.profile = paths
+	w.profileSource = fmt.Sprintf("recorded by rill-snapshotter in a cold run (ready after %s)", sec(r.ready))
+	return nil
+}
+
+// rillCreate runs `rill create` for ref (on the registry itself), with a profile if given;
+// force rebuilds an artifact that exists.
+func (bn *bench) rillCreate(ctx context.Context, ref, profile string, force bool) error {
 	empty := filepath.Join(bn.work, "no-hosts")
 	if err := os.MkdirAll(empty, 0o755); err != nil {
 		return err
@@ -84,6 +114,9 @@ func (bn *bench) rillCreate(ctx context.Context, ref, profile string) error {
 	args := []string{"create", ref, "--plain-http", "--hosts-dir", empty, "--docker-config", filepath.Join(empty, "none.json")}
 	if profile != "" {
 		args = append(args, "--prefetch-profile", profile)
+	}
+	if force {
+		args = append(args, "--force")
 	}
 	began := time.Now()
 	cmd := exec.CommandContext(ctx, bn.rillCLI, args...)

@@ -103,7 +103,7 @@ func (bn *bench) report(stdout io.Writer, ws []*workload, rs []runResult, sums [
 	fmt.Fprintf(stdout, "\nlimit: bytes read at start ÷ bandwidth + %d round trips (connect, manifest, config+TOCs, data).\n", dependentSteps)
 	fmt.Fprintf(stdout, "rill split: compressed bytes rill fetched by kind (rill_fs_fetched_bytes_total), at the end of the run.\n")
 	if slices.Contains(cfg.modes, modeRillProfile) {
-		fmt.Fprintf(stdout, "rill-profile: the profile is not recorded by rill yet (access recording is issue 5); it is the one named above, passed to rill create --prefetch-profile.\n")
+		fmt.Fprintf(stdout, "rill-profile: the profile named above, passed to rill create --prefetch-profile (recorded by rill-snapshotter in a cold run of the rill mode, unless --profile gave one).\n")
 	}
 	if err := writeCSVs(cfg.out, rs, sums); err != nil {
 		return err

@@ -30,6 +30,9 @@ type workload struct {
 	profile []string
 	// profileSource says where profile comes from, for the output.
 	profileSource string
+	// profileGiven is true when --profile gave the profile; otherwise the rill-profile mode
+	// records one with rill first.
+	profileGiven bool
 }
 
 // readyLine is what every workload prints when it is ready.

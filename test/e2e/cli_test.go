@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -90,7 +88,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("crictl rmi: %v", err)
 	}
 
-	testPrefetchProfile(t, env, img, rill)
+	testRecordedProfile(t, env, img, rill)
 
 	rill("delete", img.Ref)
 	reg, err := remote.New(remote.WithHostsDir(hostsDir), remote.WithCredentials(remote.Anonymous()), remote.WithDefaultScheme("http"))
@@ -102,49 +100,5 @@ func TestCLI(t *testing.T) {
 		if _, err := reg.Resolve(ctx, ref); !errdefs.IsNotFound(err) {
 			t.Errorf("after rill delete, %s resolves (%v)", ref, err)
 		}
-	}
-}
-
-// testPrefetchProfile rebuilds the artifact with a prefetch profile: a node that pulls the tag
-// fetches the profile's files in the background, so that they read with the registry gone.
-func testPrefetchProfile(t *testing.T, env *harness.Env, img pushedImage, rill func(args ...string) string) {
-	ctx := t.Context()
-	// What creating and running `cat FILES` reads (containerd reads the image's passwd and
-	// group to resolve the user), in the order it reads it, then the files.
-	files := []string{"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0", "/etc/debian_version"}
-	profile := append([]string{"/etc/passwd", "/etc/group", "/usr/bin/cat", "/etc/ld.so.cache",
-		"/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/libc.so.6"}, files...)
-	profileFile := filepath.Join(t.TempDir(), "profile.txt")
-	if err := os.WriteFile(profileFile, []byte(strings.Join(profile, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rill("create", "--force", "--prefetch-profile", profileFile, img.Ref)
-
-	ref := env.Proxy.Host() + "/" + strings.TrimPrefix(img.Ref, env.Registry.Host()+"/")
-	if _, err := env.CRI.Pull(ctx, ref); err != nil {
-		t.Fatalf("crictl pull %s: %v", ref, err)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(grepLog(t, env, "prefetch done"), fmt.Sprintf("files=%d", len(profile))) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no prefetch of the profile's %d files within a minute; rill's log:\n%s", len(profile), grepLog(t, env, "prefetch"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	var want strings.Builder
-	for _, p := range files {
-		want.WriteString(fileInLayers(t, img.TestImage, p))
-	}
-	env.Proxy.SetOutage(true)
-	res, err := env.CRI.RunInPod(ctx, podName(img)+"-prefetched", ref, append([]string{"/bin/cat"}, files...), 2*time.Minute)
-	env.Proxy.SetOutage(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.ExitCode != 0 || res.Stdout != want.String() {
-		t.Errorf("reading the prefetched files with the registry gone: exit %d, %d bytes (want %d), stderr %q", res.ExitCode, len(res.Stdout), want.Len(), res.Stderr)
-	}
-	if err := env.CRI.RemoveImage(ctx, ref); err != nil {
-		t.Fatal(err)
 	}
 }

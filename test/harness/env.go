@@ -36,6 +36,9 @@ type Options struct {
 	// MetricsAddress, when set, turns on rill-snapshotter's Prometheus endpoint there
 	// ("127.0.0.1:PORT").
 	MetricsAddress string
+	// SnapshotterStreaming are extra lines of rill-snapshotter's [streaming] table (TOML), as
+	// Snapshotter.SetStreaming takes them.
+	SnapshotterStreaming []string
 }
 
 // Env is a running set of registry, rill-snapshotter and containerd, all below Dir.
@@ -147,6 +150,9 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}
 
 	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir, opts.MetricsAddress); err != nil {
+		return e, err
+	}
+	if err := e.Snapshotter.SetStreaming(opts.SnapshotterStreaming...); err != nil {
 		return e, err
 	}
 	if err := e.Snapshotter.Start(ctx); err != nil {
