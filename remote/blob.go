@@ -142,15 +142,29 @@ func (b *BlobReader) shared(ctx context.Context, spans []Range) ([][]byte, error
 		pending[i] = i
 	}
 	g := &b.r.flights
+	prio := PriorityFrom(ctx)
+	keyOf := func(i int) flightKey {
+		return flightKey{blob: b.key, offset: spans[i].Offset, length: spans[i].Length, priority: prio}
+	}
 	for round := 0; len(pending) > 0; round++ {
 		var mine []int
 		joined := map[int]*flight{}
 		owned := map[int]*flight{}
 		g.mu.Lock()
+	pendingLoop:
 		for _, i := range pending {
-			k := flightKey{blob: b.key, offset: spans[i].Offset, length: spans[i].Length}
-			if f, ok := g.m[k]; ok && round < 3 {
-				joined[i] = f
+			k := keyOf(i)
+			for k.priority = PriorityOnDemand; k.priority <= prio && round < 3; k.priority++ {
+				if f, ok := g.m[k]; ok {
+					joined[i] = f
+					continue pendingLoop
+				}
+			}
+			k.priority = prio
+			if _, ok := g.m[k]; ok {
+				// A flight of this range and priority that this caller no longer joins
+				// (its third round): fetch alone, without replacing it.
+				mine = append(mine, i)
 				continue
 			}
 			f := &flight{done: make(chan struct{})}
@@ -170,14 +184,21 @@ func (b *BlobReader) shared(ctx context.Context, spans []Range) ([][]byte, error
 			data, err := b.fetch(ctx, sub)
 			g.mu.Lock()
 			for n, i := range mine {
+				if err == nil {
+					res[i] = data[n]
+				}
 				f := owned[i]
+				if f == nil {
+					continue
+				}
 				if err != nil {
 					f.err = err
 				} else {
 					f.data = data[n]
-					res[i] = data[n]
 				}
-				delete(g.m, flightKey{blob: b.key, offset: spans[i].Offset, length: spans[i].Length})
+				if k := keyOf(i); g.m[k] == f {
+					delete(g.m, k)
+				}
 				close(f.done)
 			}
 			g.mu.Unlock()

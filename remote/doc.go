@@ -17,8 +17,22 @@
 //     ranged GET and refreshed when it expires, neighbouring ranges are coalesced and sent as
 //     one multi-range request where the host allows it, every response is checked so that no
 //     byte from a wrong offset or a truncated body is ever returned, transient failures are
-//     retried with capped, jittered exponential backoff, requests per host are limited and
-//     identical in-flight ranges are shared.
+//     retried with capped, jittered exponential backoff, and identical in-flight ranges are
+//     shared (a caller joins only a fetch at least as urgent as itself).
+//
+// Every request to a network host goes through that host's scheduler, at the [Priority] its
+// context carries ([WithPriority]; on-demand by default): on-demand requests (reads something
+// is blocked on, manifests, TOCs) first, then prefetch, then background. The rule:
+//
+//   - on-demand requests have slots of their own ([WithMaxConcurrency], default 8) that
+//     prefetch and background work never holds, so an on-demand request never waits for a
+//     slot held by lower priorities, only for other on-demand requests;
+//   - prefetch and background requests share a few further slots ([WithBulkConcurrency],
+//     default 2): few bulk transfers in flight, because an on-demand request shares the
+//     link's bandwidth with each of them;
+//   - a freed slot goes to the highest priority waiting for it, the oldest request first
+//     within a priority; a request whose context ends while it waits leaves the queue;
+//   - a request holds its slot until its response body is closed.
 //
 // Counters and latencies are Prometheus collectors on a [Metrics] value the caller registers;
 // the package registers nothing globally. Credentials never appear in logs or errors, and

@@ -27,7 +27,7 @@ type endpoint struct {
 
 // hostState is what is remembered per network host, across repositories and blobs.
 type hostState struct {
-	sem          chan struct{}
+	sched        *scheduler
 	noMultiRange atomic.Bool
 }
 
@@ -100,12 +100,14 @@ func capabilityName(c docker.HostCapabilities) string {
 func (r *Registry) loadEndpoints(ctx context.Context, ns string) ([]*endpoint, error) {
 	hostOpts := config.HostOptions{
 		DefaultScheme: r.opts.defaultScheme,
-		// Keep a connection per allowed concurrent request, not net/http's default of 2:
-		// a burst of range requests should not pay for new connections.
+		// Keep a connection per allowed concurrent request (on-demand and bulk slots), not
+		// net/http's default of 2: a burst of range requests should not pay for new
+		// connections.
 		UpdateClient: func(c *http.Client) error {
 			if tr, ok := c.Transport.(*http.Transport); ok {
-				tr.MaxIdleConnsPerHost = r.opts.maxConcurrency
-				tr.MaxIdleConns = max(tr.MaxIdleConns, 4*r.opts.maxConcurrency)
+				slots := r.opts.maxConcurrency + r.opts.bulkConcurrency
+				tr.MaxIdleConnsPerHost = slots
+				tr.MaxIdleConns = max(tr.MaxIdleConns, 4*slots)
 			}
 			return nil
 		},
@@ -175,7 +177,7 @@ func (r *Registry) state(host string) *hostState {
 	defer r.hosts.mu.Unlock()
 	s, ok := r.hosts.state[host]
 	if !ok {
-		s = &hostState{sem: make(chan struct{}, r.opts.maxConcurrency)}
+		s = &hostState{sched: newScheduler(host, r.opts.maxConcurrency, r.opts.bulkConcurrency, r.metrics)}
 		r.hosts.state[host] = s
 	}
 	return s

@@ -11,6 +11,8 @@ type Metrics struct {
 	latency    *prometheus.HistogramVec
 	fallbacks  *prometheus.CounterVec
 	sharedRead prometheus.Counter
+	inFlight   *prometheus.GaugeVec
+	slotWait   *prometheus.HistogramVec
 }
 
 // NewMetrics returns a fresh, unregistered set of collectors.
@@ -41,10 +43,19 @@ func NewMetrics() *Metrics {
 			Namespace: "rill", Subsystem: "remote", Name: "shared_ranges_total",
 			Help: "Ranges served by joining an identical request already in flight.",
 		}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "rill", Subsystem: "remote", Name: "requests_in_flight",
+			Help: "Requests holding a slot of a host's scheduler (sent, body not yet closed), by host and priority (on_demand, prefetch, background).",
+		}, []string{"host", "priority"}),
+		slotWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "rill", Subsystem: "remote", Name: "slot_wait_seconds",
+			Help:    "Time requests waited for a slot of a host's scheduler, by host and priority (requests that gave up waiting are not counted).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"host", "priority"}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.bytes, m.retries, m.latency, m.fallbacks, m.sharedRead}
+	return []prometheus.Collector{m.requests, m.bytes, m.retries, m.latency, m.fallbacks, m.sharedRead, m.inFlight, m.slotWait}
 }

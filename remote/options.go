@@ -20,6 +20,7 @@ type options struct {
 	backoffMax         time.Duration
 	maxRetryAfter      time.Duration
 	maxConcurrency     int
+	bulkConcurrency    int
 	coalesceGap        int64
 	maxRangesPerReq    int
 	maxManifestSize    int64
@@ -42,6 +43,7 @@ func defaults() options {
 		backoffMax:         2 * time.Second,
 		maxRetryAfter:      30 * time.Second,
 		maxConcurrency:     8,
+		bulkConcurrency:    2,
 		coalesceGap:        16 << 10,
 		maxRangesPerReq:    32,
 		maxManifestSize:    4 << 20,
@@ -79,8 +81,19 @@ func WithRetry(attempts int, base, max time.Duration) Option {
 // a longer demand fails the request at once.
 func WithMaxRetryAfter(d time.Duration) Option { return func(o *options) { o.maxRetryAfter = d } }
 
-// WithMaxConcurrency limits the requests in flight to one host (default 8).
+// WithMaxConcurrency limits the on-demand requests in flight to one network host (default
+// 8): reads something is blocked on, and every request whose context carries no
+// [WithPriority]. These slots are theirs alone: prefetch and background requests have their
+// own (see [WithBulkConcurrency]), so an on-demand request never waits for a slot held by
+// them. A host therefore sees at most n plus the bulk limit requests at once.
 func WithMaxConcurrency(n int) Option { return func(o *options) { o.maxConcurrency = n } }
+
+// WithBulkConcurrency limits the prefetch and background requests in flight to one network
+// host, together (default 2), in slots of their own beside the on-demand ones. A freed slot
+// goes to the oldest waiting prefetch request, else to the oldest waiting background request.
+// Few bulk requests keep a saturated link fair to reads: an on-demand request shares the
+// bandwidth with every bulk transfer in flight.
+func WithBulkConcurrency(n int) Option { return func(o *options) { o.bulkConcurrency = n } }
 
 // WithCoalesceGap merges ranges whose gap is at most gap bytes into one span (default 16 KiB):
 // fetching the gap is cheaper than another part or request.

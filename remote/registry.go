@@ -27,6 +27,8 @@ func New(opts ...Option) (*Registry, error) {
 		return nil, errors.New("remote: retry attempts must be at least 1")
 	case o.maxConcurrency < 1:
 		return nil, errors.New("remote: max concurrency must be at least 1")
+	case o.bulkConcurrency < 1:
+		return nil, errors.New("remote: bulk concurrency must be at least 1")
 	case o.maxRangesPerReq < 1:
 		return nil, errors.New("remote: max ranges per request must be at least 1")
 	case o.requestTimeout <= 0:
@@ -59,16 +61,19 @@ func errInvalid(format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errInvalidArgument)
 }
 
-// flightGroup shares identical in-flight range fetches between callers.
+// flightGroup shares identical in-flight range fetches between callers. A caller joins only
+// a flight at least as urgent as itself: an on-demand read never waits on a background
+// fetch of the same range queued behind other bulk work.
 type flightGroup struct {
 	mu sync.Mutex
 	m  map[flightKey]*flight
 }
 
 type flightKey struct {
-	blob   string
-	offset int64
-	length int64
+	blob     string
+	offset   int64
+	length   int64
+	priority Priority
 }
 
 type flight struct {

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -134,17 +133,14 @@ func (r *Registry) backoff(n int) time.Duration {
 	return time.Duration(half + rand.Int64N(half))
 }
 
-// send makes one attempt of req: it takes a slot of the host's concurrency limit (released
-// when the body is closed), authorizes, and on a 401 re-authenticates and sends once more.
-// Transport errors come back retryable.
+// send makes one attempt of req: it takes a slot of the host's scheduler at the priority
+// ctx carries (released when the body is closed), authorizes, and on a 401 re-authenticates
+// and sends once more. Transport errors come back retryable.
 func (r *Registry) send(ctx context.Context, req *request) (*http.Response, error) {
-	hs := r.state(req.u.Host)
-	select {
-	case hs.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%s %s: waiting for a connection slot: %w", req.method, redactURL(req.u), ctx.Err())
+	release, err := r.state(req.u.Host).sched.acquire(ctx, PriorityFrom(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", req.method, redactURL(req.u), err)
 	}
-	release := sync.OnceFunc(func() { <-hs.sem })
 	resp, err := r.sendAuthorized(ctx, req)
 	if err != nil {
 		release()
