@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/convert/operation"
+	"github.com/rillstream/rill/convert/watch"
 )
 
 func runCreate(ctx context.Context, env *cliEnv, args []string) error {
@@ -26,6 +29,8 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 		parallel  int
 		tempDir   string
 		verifyAll bool
+		noWait    bool
+		watcher   string
 	)
 	rf.register(fs)
 	fs.StringVar(&platforms, "platform", platforms, "streaming platforms, comma-separated: only manifests of these get artifacts")
@@ -37,8 +42,10 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 	fs.IntVar(&parallel, "parallel", 0, "layers converted at once (default: CPUs, at most 4)")
 	fs.BoolVar(&verifyAll, "verify-chunks", false, "before pushing, check every chunk of every converted layer against the TOC (slower; rill verify does it later)")
 	fs.StringVar(&tempDir, "temp-dir", "", "where converted layers are staged before the push (default $TMPDIR)")
+	fs.BoolVar(&noWait, "no-wait", false, "hand the create to rill watch and print its operation ID at once (follow it with 'rill operation show ID')")
+	fs.StringVar(&watcher, "watcher", watch.DefaultAPIAddress, "with --no-wait: the watcher's local API (unix:///path or http://127.0.0.1:PORT, as given to rill watch --api)")
 	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "Usage: rill create IMAGE [flags]\n\nBuilds IMAGE's streaming artifact (byte-preserving eStargz layers), pushes it beside the\nimage as an OCI referrer and binds it to the tag. Idempotent: an existing artifact is kept.\n\n")
+		fmt.Fprintf(env.stderr, "Usage: rill create IMAGE [flags]\n\nBuilds IMAGE's streaming artifact (byte-preserving eStargz layers), pushes it beside the\nimage as an OCI referrer and binds it to the tag. Idempotent: an existing artifact is kept.\nWith --no-wait, rill watch does the work (with its own registry access) as an operation.\n\n")
 		fs.PrintDefaults()
 	}
 	image, err := parseArgs(fs, args)
@@ -62,10 +69,30 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("--prefetch-profile %s: %w: %w", profile, err, errUsage)
 		}
 	}
+	if noWait {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if set["parallel"] || set["temp-dir"] {
+			return fmt.Errorf("--parallel and --temp-dir set the conversion's resources on this machine; with --no-wait, rill watch's own apply: %w", errUsage)
+		}
+		spec := operation.CreateSpec{Force: force, NoBind: noBind, Profile: opts.Profile, VerifyChunks: verifyAll}
+		if set["platform"] {
+			spec.Platforms = strings.Split(platforms, ",")
+		}
+		if set["chunk-size"] {
+			spec.ChunkSize = chunkSize
+		}
+		if set["compression-level"] {
+			spec.CompressionLevel = level
+		}
+		return submitCreate(ctx, env, watcher, image, spec)
+	}
+	progress := newProgressRenderer(env.stderr, isTerminal(env.stderr))
+	defer progress.Close()
 	copts := []convert.Option{
 		convert.WithPlatforms(ps...),
 		convert.WithLayerOptions(convert.LayerOptions{ChunkSize: chunkSize, CompressionLevel: level}),
-		convert.WithProgress(newProgressPrinter(env).print),
+		convert.WithProgress(progress.Update),
 		convert.WithChunkVerification(verifyAll),
 	}
 	if parallel != 0 {
@@ -74,7 +101,8 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if tempDir != "" {
 		copts = append(copts, convert.WithTempDir(tempDir))
 	}
-	c, cleanup, err := rf.converter(env, image, copts...)
+	// Log records go through the renderer, above the bars.
+	c, cleanup, err := rf.converter(&cliEnv{stdout: env.stdout, stderr: progress}, image, copts...)
 	if err != nil {
 		return fmt.Errorf("%w: %w", err, errUsage)
 	}
@@ -82,6 +110,7 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 
 	began := time.Now()
 	res, err := c.Create(ctx, image, opts)
+	progress.Close() // the bars end before the summary or the error is printed
 	if err != nil {
 		return err
 	}
@@ -122,28 +151,29 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
-// progressPrinter prints one line per layer and step on stderr (plain lines: they read the
-// same in a terminal, a CI log or a pipe).
-type progressPrinter struct {
-	mu  sync.Mutex
-	env *cliEnv
-}
-
-func newProgressPrinter(env *cliEnv) *progressPrinter { return &progressPrinter{env: env} }
-
-func (p *progressPrinter) print(ev convert.Progress) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	prefix := fmt.Sprintf("%s layer %d/%d %s", ev.Platform, ev.Index+1, ev.Count, short(ev.Original.Encoded()))
-	switch ev.Phase {
-	case convert.PhaseConverting:
-		fmt.Fprintf(p.env.stderr, "%s: converting %s of %s\n", prefix, mb(ev.Read), mb(ev.Size))
-	case convert.PhaseDone:
-		r := ev.Result
-		fmt.Fprintf(p.env.stderr, "%s: done: %s tar → %s eStargz (%s, TOC %s)\n", prefix, mb(r.OriginalSize), mb(r.Size), short(r.Digest.Encoded()), short(r.TOCDigest.Encoded()))
-	default:
-		fmt.Fprintf(p.env.stderr, "%s: %s\n", prefix, ev.Phase)
+// submitCreate hands the create to the watcher at addr and prints its operation.
+func submitCreate(ctx context.Context, env *cliEnv, addr, image string, spec operation.CreateSpec) error {
+	c, err := watch.NewClient(addr)
+	if err != nil {
+		return fmt.Errorf("--watcher: %w: %w", err, errUsage)
 	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	op, err := c.Create(ctx, watch.CreateRequest{Image: image, Create: spec})
+	if errdefs.IsUnavailable(err) {
+		return fmt.Errorf("--no-wait hands the create to rill watch, but no watcher answers at %s (start 'rill watch' with --api %s, point --watcher at its --api address, or drop --no-wait to create here): %w",
+			addr, addr, err)
+	}
+	if err != nil {
+		return fmt.Errorf("the watcher at %s refused the create: %w", addr, err)
+	}
+	fmt.Fprintf(env.stdout, "%s\n", op.ID)
+	fmt.Fprintf(env.stderr, "queued operation %s: create of %s@%s; follow it with 'rill operation show %s", op.ID, op.Image(), op.Digest, op.ID)
+	if addr != watch.DefaultAPIAddress {
+		fmt.Fprintf(env.stderr, " --watcher %s", addr)
+	}
+	fmt.Fprintf(env.stderr, "'\n")
+	return nil
 }
 
 func short(hex string) string {

@@ -22,6 +22,7 @@ const (
 	exitNotRunnable         = 8
 	exitCorrupt             = 9  // content does not match its digest; verify failed
 	exitConflict            = 10 // the tag moved while rill worked on it
+	exitUnavailable         = 11 // a service rill needs does not answer (rill watch's API)
 )
 
 // exitCode maps an error to its exit code. The package's own kinds come first: each also
@@ -44,6 +45,8 @@ func exitCode(err error) int {
 		return exitCorrupt
 	case errors.Is(err, convert.ErrTagMoved):
 		return exitConflict
+	case errdefs.IsUnavailable(err):
+		return exitUnavailable
 	case errdefs.IsUnauthorized(err), errdefs.IsPermissionDenied(err):
 		return exitUnauthorized
 	case errdefs.IsNotFound(err):

@@ -94,6 +94,8 @@ func hintFor(err error) string {
 		return "someone pushed to the tag meanwhile; run the command again"
 	case exitIsStreaming:
 		return "name the original image (its tag), not the artifact"
+	case exitUnavailable:
+		return "is rill watch running? start it, or point --watcher at the address of its --api"
 	}
 	return ""
 }

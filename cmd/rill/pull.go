@@ -75,7 +75,7 @@ func runPull(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, hostOpts)})
 
-	pr := &pullProgress{env: env, began: time.Now()}
+	pr := &pullProgress{out: newProgressRenderer(env.stderr, isTerminal(env.stderr)), began: time.Now()}
 	stopProgress := pr.watch(ctx, client)
 	img, err := client.Pull(ctx, image,
 		containerd.WithResolver(resolver),
@@ -109,9 +109,10 @@ func runPull(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
-// pullProgress prints what a pull fetches, as plain lines.
+// pullProgress shows what a pull fetches: the manifests it resolves, and a line per download
+// in progress (bars on a terminal).
 type pullProgress struct {
-	env   *cliEnv
+	out   *progressRenderer
 	began time.Time
 	mu    sync.Mutex
 	seen  map[digest.Digest]bool
@@ -126,19 +127,21 @@ func (p *pullProgress) handle(ctx context.Context, desc ocispec.Descriptor) ([]o
 	if !p.seen[desc.Digest] && !images.IsLayerType(desc.MediaType) {
 		p.seen[desc.Digest] = true
 		kind := desc.MediaType[strings.LastIndex(desc.MediaType, ".")+1:]
-		fmt.Fprintf(p.env.stderr, "resolved %s %s (%s)\n", kind, short(desc.Digest.Encoded()), mb(desc.Size))
+		p.out.Logf("resolved %s %s (%s)", kind, short(desc.Digest.Encoded()), mb(desc.Size))
 	}
 	return nil, nil
 }
 
-// watch prints the downloads in progress every second until stopped.
+// watch shows the downloads in progress (containerd's content statuses) until stopped; a
+// download whose status is gone is done. stop draws the last state.
 func (p *pullProgress) watch(ctx context.Context, client *containerd.Client) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
+		active := map[string]progressLine{}
 		for {
 			select {
 			case <-ctx.Done():
@@ -149,10 +152,34 @@ func (p *pullProgress) watch(ctx context.Context, client *containerd.Client) (st
 			if err != nil {
 				continue
 			}
+			now := map[string]bool{}
 			for _, st := range sts {
-				fmt.Fprintf(p.env.stderr, "downloading %s: %s of %s\n", st.Ref, mb(st.Offset), mb(st.Total))
+				now[st.Ref] = true
+				l := progressLine{Label: downloadLabel(st.Ref), Status: "downloading", Done: st.Offset, Total: st.Total, Counting: true}
+				active[st.Ref] = l
+				p.out.Set(st.Ref, l)
+			}
+			for ref, l := range active {
+				if !now[ref] {
+					l.Status, l.Done, l.Counting, l.Final = "downloaded", l.Total, false, true
+					p.out.Set(ref, l)
+					delete(active, ref)
+				}
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	return func() { cancel(); <-done; p.out.Close() }
+}
+
+// downloadLabel names a content ingest ("layer-sha256:0123…" as containerd's fetcher names
+// them) by kind and short digest.
+func downloadLabel(ref string) string {
+	kind, rest, ok := strings.Cut(ref, "-")
+	if !ok {
+		return ref
+	}
+	if _, hex, ok := strings.Cut(rest, ":"); ok {
+		return kind + " " + short(hex)
+	}
+	return ref
 }

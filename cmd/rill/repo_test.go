@@ -46,7 +46,7 @@ func TestOperationAndWatchUsage(t *testing.T) {
 		{[]string{"operation", "show"}, exitUsage},
 		{[]string{"operation", "list", "extra"}, exitUsage},
 		{[]string{"operation", "list", "--watcher", "ftp://x"}, exitUsage},
-		{[]string{"operation", "list", "--watcher", sock}, exitError},
+		{[]string{"operation", "list", "--watcher", sock}, exitUnavailable},
 		{[]string{"watch"}, exitUsage},
 		{[]string{"watch", "--registry", "a/b"}, exitUsage},
 		{[]string{"pull"}, exitUsage},

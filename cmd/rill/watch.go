@@ -94,12 +94,12 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 	w, err := watch.New(watch.Config{
 		Registry: registry,
 		Remote:   reg,
-		NewConverter: func(progress func(convert.Progress)) (*convert.Converter, error) {
+		NewConverter: func(progress func(convert.Progress), extra ...convert.Option) (*convert.Converter, error) {
 			opts := append([]convert.Option{convert.WithLogger(log)}, copts...)
 			if progress != nil {
 				opts = append(opts, convert.WithProgress(progress))
 			}
-			return convert.New(reg, rf.access, opts...)
+			return convert.New(reg, rf.access, append(opts, extra...)...)
 		},
 		Policies:          store,
 		StateDir:          stateDir,

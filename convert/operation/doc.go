@@ -14,4 +14,9 @@
 // returns the existing operation, whatever its state. Operations on the same manifest (two
 // tags naming it) never run at once, so a manifest is converted once and the other tag is
 // only bound.
+//
+// An operator's request (rill create --no-wait, Request.Create set) is an operation of its
+// own every time it is submitted: it carries the create's choices (--force, --no-bind, the
+// profile), which another operation on the same tag does not. It still never runs at once
+// with another operation on the same manifest.
 package operation

@@ -22,20 +22,52 @@ const (
 func (s State) Final() bool { return s == Succeeded || s == Failed || s == Canceled }
 
 // Request is what to work on: the image at Repository:Tag, as it named Digest when the
-// request was made.
+// request was made (or the manifest Digest alone, for an operator's create by digest).
 type Request struct {
 	Repository string        `json:"repository"` // host/path
 	Tag        string        `json:"tag"`
 	Digest     digest.Digest `json:"digest"`
-	// Trigger says what asked for the operation ("webhook", "reconcile").
+	// Trigger says what asked for the operation ("webhook", "reconcile", "rill create").
 	Trigger string `json:"trigger,omitempty"`
+	// Create is set for an operator's request (rill create --no-wait): the choices of rill
+	// create, which the watcher applies. Such a manual operation does not depend on the
+	// repository's policy and is never merged with another one.
+	Create *CreateSpec `json:"create,omitempty"`
 }
 
-// Image returns the tagged reference.
-func (r Request) Image() string { return r.Repository + ":" + r.Tag }
+// CreateSpec holds the choices of an operator's rill create. Zero values leave the
+// watcher's own settings.
+type CreateSpec struct {
+	Force  bool `json:"force,omitempty"`
+	NoBind bool `json:"noBind,omitempty"`
+	// Profile is the prefetch profile (paths in first-access order).
+	Profile []string `json:"profile,omitempty"`
+	// Platforms are the streaming platforms ("linux/amd64"); none: the watcher's.
+	Platforms        []string `json:"platforms,omitempty"`
+	ChunkSize        int      `json:"chunkSize,omitempty"`
+	CompressionLevel int      `json:"compressionLevel,omitempty"`
+	VerifyChunks     bool     `json:"verifyChunks,omitempty"`
+}
 
-// key identifies the operation of a request: one per tag and digest.
-func (r Request) key() string { return r.Image() + "@" + r.Digest.String() }
+// Image returns the tagged reference, or the reference by digest when there is no tag.
+func (r Request) Image() string {
+	if r.Tag == "" {
+		return r.Repository + "@" + r.Digest.String()
+	}
+	return r.Repository + ":" + r.Tag
+}
+
+// Manual reports whether an operator asked for the operation (rill create --no-wait).
+func (r Request) Manual() bool { return r.Create != nil }
+
+// key identifies the operation of a request: one per tag and digest. Manual requests have
+// none: each is an operation of its own.
+func (r Request) key() string {
+	if r.Manual() {
+		return ""
+	}
+	return r.Image() + "@" + r.Digest.String()
+}
 
 // serial identifies the manifest: operations on it run one at a time.
 func (r Request) serial() string { return r.Repository + "@" + r.Digest.String() }

@@ -68,20 +68,29 @@ func Open(dir string, work Work, opts ...Option) (*Queue, error) {
 			o.log.WithFields(logrus.Fields{"operation": op.ID, "image": op.Image(), "digest": op.Digest}).Info("operation resumed after a restart")
 		}
 		q.ops[op.ID] = op
-		q.byKey[op.key()] = op.ID
+		if k := op.key(); k != "" {
+			q.byKey[k] = op.ID
+		}
 	}
 	return q, nil
 }
 
 // Submit queues the request, or returns the operation that exists for the same tag and
-// digest (created is then false).
+// digest (created is then false). A manual request (Create set) is always queued anew, and
+// needs no tag.
 func (q *Queue) Submit(req Request) (op Operation, created bool, err error) {
-	if req.Repository == "" || req.Tag == "" || req.Digest.Validate() != nil {
+	if req.Repository == "" || (req.Tag == "" && !req.Manual()) || req.Digest.Validate() != nil {
 		return Operation{}, false, fmt.Errorf("operation for %s@%s: a repository, a tag and a valid digest are required: %w", req.Image(), req.Digest, errdefs.ErrInvalidArgument)
+	}
+	if req.Create != nil {
+		c := *req.Create
+		c.Profile, c.Platforms = slices.Clone(c.Profile), slices.Clone(c.Platforms)
+		req.Create = &c
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if id, ok := q.byKey[req.key()]; ok {
+	key := req.key()
+	if id, ok := q.byKey[key]; ok && key != "" {
 		return q.copy(q.ops[id]), false, nil
 	}
 	now := q.o.now()
@@ -90,17 +99,24 @@ func (q *Queue) Submit(req Request) (op Operation, created bool, err error) {
 		return Operation{}, false, err
 	}
 	q.ops[n.ID] = n
-	q.byKey[req.key()] = n.ID
+	if key != "" {
+		q.byKey[key] = n.ID
+	}
 	q.o.log.WithFields(logrus.Fields{"operation": n.ID, "image": req.Image(), "digest": req.Digest, "trigger": req.Trigger}).Info("operation queued")
 	q.notify()
 	return q.copy(n), true, nil
 }
 
-// Has reports whether an operation exists for the request's tag and digest.
+// Has reports whether an operation exists for the request's tag and digest (never for a
+// manual request).
 func (q *Queue) Has(req Request) bool {
+	key := req.key()
+	if key == "" {
+		return false
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	_, ok := q.byKey[req.key()]
+	_, ok := q.byKey[key]
 	return ok
 }
 
@@ -326,7 +342,9 @@ func (q *Queue) prune() {
 			continue
 		}
 		delete(q.ops, op.ID)
-		delete(q.byKey, op.key())
+		if k := op.key(); k != "" && q.byKey[k] == op.ID {
+			delete(q.byKey, k)
+		}
 	}
 }
 
@@ -337,7 +355,8 @@ func (q *Queue) notify() {
 	}
 }
 
-// copy returns a copy of op that shares nothing with the queue.
+// copy returns a copy of op that shares nothing mutable with the queue (a CreateSpec is never
+// changed once submitted).
 func (q *Queue) copy(op *Operation) Operation {
 	c := *op
 	if op.Progress != nil {

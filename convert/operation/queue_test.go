@@ -337,3 +337,62 @@ func copyDir(t *testing.T, from, to string) {
 		}
 	}
 }
+
+// An operator's request is an operation of its own each time (its choices differ from the
+// webhook's), may name a digest without a tag, keeps its choices across a restart, and still
+// never runs at once with another operation on the same manifest.
+func TestManualOperations(t *testing.T) {
+	dir := t.TempDir()
+	var running, most atomic.Int32
+	work := func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		return "ok", nil
+	}
+	q := open(t, dir, work, WithWorkers(4))
+	auto, _, _ := q.Submit(req("v1"))
+	manual := req("v1")
+	manual.Trigger, manual.Create = "rill create", &CreateSpec{Force: true, Profile: []string{"usr/bin/x"}, Platforms: []string{"linux/arm64"}}
+	a, created, err := q.Submit(manual)
+	if err != nil || !created || a.ID == auto.ID {
+		t.Fatalf("a manual request on a tag with an operation: %+v created=%v (%v)", a, created, err)
+	}
+	b, created, _ := q.Submit(manual)
+	if !created || b.ID == a.ID {
+		t.Fatalf("a second manual request was merged into the first: %s", b.ID)
+	}
+	if q.Has(manual) {
+		t.Fatal("Has answers for a manual request")
+	}
+	byDigest := Request{Repository: manual.Repository, Digest: manual.Digest, Create: &CreateSpec{NoBind: true}}
+	c, _, err := q.Submit(byDigest)
+	if err != nil {
+		t.Fatalf("a manual request by digest: %v", err)
+	}
+	if c.Image() != manual.Repository+"@"+manual.Digest.String() {
+		t.Fatalf("Image() of a request by digest: %s", c.Image())
+	}
+
+	q2 := open(t, dir, work, WithWorkers(4)) // as after a restart
+	got, err := q2.Get(a.ID)
+	if err != nil || got.Create == nil || !got.Create.Force || len(got.Create.Profile) != 1 || got.Create.Platforms[0] != "linux/arm64" {
+		t.Fatalf("after a restart, the manual operation is %+v (%v)", got, err)
+	}
+	if _, created, _ := q2.Submit(req("v1")); created {
+		t.Fatal("after a restart, the webhook's request was queued again")
+	}
+	run(t, q2)
+	for _, id := range []string{auto.ID, a.ID, b.ID, c.ID} {
+		waitState(t, q2, id, Succeeded)
+	}
+	if most.Load() != 1 {
+		t.Fatalf("%d operations on one manifest ran at once", most.Load())
+	}
+}

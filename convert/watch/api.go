@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net"
 	"net/http"
@@ -67,6 +68,23 @@ func (w *Watcher) APIHandler() http.Handler {
 	mux.HandleFunc("GET /v1/operations", func(rw http.ResponseWriter, r *http.Request) {
 		writeJSON(rw, http.StatusOK, w.queue.List())
 	})
+	mux.HandleFunc("POST /v1/operations", func(rw http.ResponseWriter, r *http.Request) {
+		var req CreateRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxCreateRequest))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(rw, fmt.Errorf("a create request (JSON, {\"image\": ..., \"create\": {...}}): %w: %w", err, errdefs.ErrInvalidArgument))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		op, err := w.SubmitCreate(ctx, req)
+		if err != nil {
+			writeError(rw, err)
+			return
+		}
+		writeJSON(rw, http.StatusAccepted, op)
+	})
 	mux.HandleFunc("GET /v1/operations/{id}", func(rw http.ResponseWriter, r *http.Request) {
 		op, err := w.queue.Get(r.PathValue("id"))
 		if err != nil {
@@ -99,6 +117,9 @@ func (w *Watcher) APIHandler() http.Handler {
 	return mux
 }
 
+// maxCreateRequest bounds the body of a create request (a prefetch profile of many paths).
+const maxCreateRequest = 16 << 20
+
 // apiError is the body of an API error.
 type apiError struct {
 	Error string `json:"error"`
@@ -119,6 +140,8 @@ func writeError(rw http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errdefs.IsInvalidArgument(err):
 		code = http.StatusBadRequest
+	case errdefs.IsUnauthorized(err), errdefs.IsPermissionDenied(err):
+		code = http.StatusForbidden
 	case errors.Is(err, context.DeadlineExceeded):
 		code = http.StatusGatewayTimeout
 	}

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -59,6 +60,17 @@ func (c *Client) Cancel(ctx context.Context, id string) (operation.Operation, er
 	return op, c.do(ctx, http.MethodPost, "/v1/operations/"+url.PathEscape(id)+"/cancel", &op)
 }
 
+// Create submits an operator's create (rill create --no-wait) and returns its operation,
+// queued.
+func (c *Client) Create(ctx context.Context, req CreateRequest) (operation.Operation, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return operation.Operation{}, err
+	}
+	var op operation.Operation
+	return op, c.send(ctx, http.MethodPost, "/v1/operations", body, &op)
+}
+
 // Reconcile makes the watcher reconcile now and returns how many operations it queued.
 func (c *Client) Reconcile(ctx context.Context) (int, error) {
 	var res struct {
@@ -68,9 +80,21 @@ func (c *Client) Reconcile(ctx context.Context) (int, error) {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	return c.send(ctx, method, path, nil, out)
+}
+
+// send sends payload (JSON, or none when nil) and decodes the answer into out.
+func (c *Client) send(ctx context.Context, method, path string, payload []byte, out any) error {
+	var rd io.Reader
+	if payload != nil {
+		rd = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return err
+	}
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -81,7 +105,7 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	if err != nil {
 		return fmt.Errorf("read the watcher's answer: %w", err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		var e apiError
 		msg := strings.TrimSpace(string(body))
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
@@ -95,6 +119,8 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 			kind = errdefs.ErrFailedPrecondition
 		case http.StatusBadRequest:
 			kind = errdefs.ErrInvalidArgument
+		case http.StatusForbidden:
+			kind = errdefs.ErrPermissionDenied
 		}
 		return fmt.Errorf("%s: %w", msg, kind)
 	}

@@ -27,8 +27,9 @@ type Config struct {
 	// Remote reaches the registry.
 	Remote *remote.Registry
 	// NewConverter returns a converter that reports its progress to progress (one per
-	// operation).
-	NewConverter func(progress func(convert.Progress)) (*convert.Converter, error)
+	// operation), with opts (an operator's choices, rill create --no-wait) applied after the
+	// watcher's own options.
+	NewConverter func(progress func(convert.Progress), opts ...convert.Option) (*convert.Converter, error)
 	// Policies says which repositories are enabled.
 	Policies *policy.Store
 	// StateDir holds the operations.
@@ -231,6 +232,9 @@ const tagVisibleGrace = 30 * time.Second
 // work runs one operation: the conversion of op's tag, if it still names op's digest and
 // the repository is still enabled.
 func (w *Watcher) work(ctx context.Context, op operation.Operation, progress func(operation.Progress)) (string, error) {
+	if op.Manual() {
+		return w.workCreate(ctx, op, progress)
+	}
 	pol, err := w.cfg.Policies.Get(ctx, op.Repository)
 	if err != nil {
 		return "", err
@@ -312,10 +316,14 @@ func summary(res *convert.CreateResult) string {
 		parts = append(parts, "existing "+strings.Join(existing, ", "))
 	}
 	switch {
-	case res.Unchanged:
+	case res.Bound && res.Unchanged:
 		parts = append(parts, "already bound; nothing to do")
 	case res.Bound:
 		parts = append(parts, "bound: the tag names the index "+res.Index.Digest.String())
+	case res.Unchanged:
+		parts = append(parts, "nothing to do")
+	default:
+		parts = append(parts, "referrers only (not bound to a tag)")
 	}
 	return strings.Join(parts, "; ")
 }

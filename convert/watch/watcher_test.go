@@ -33,12 +33,12 @@ func newFixture(t *testing.T, kind string) *fixture {
 	f := &fixture{host: regtest.Start(t, kind, nil), reg: regtest.Registry(t)}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	newConverter := func(progress func(convert.Progress)) (*convert.Converter, error) {
+	newConverter := func(progress func(convert.Progress), extra ...convert.Option) (*convert.Converter, error) {
 		opts := []convert.Option{convert.WithTempDir(t.TempDir()), convert.WithLogger(logrus.NewEntry(log))}
 		if progress != nil {
 			opts = append(opts, convert.WithProgress(progress))
 		}
-		return convert.New(f.reg, convert.Access{Credentials: remote.Anonymous()}, opts...)
+		return convert.New(f.reg, convert.Access{Credentials: remote.Anonymous()}, append(opts, extra...)...)
 	}
 	c, err := newConverter(nil)
 	if err != nil {
