@@ -26,9 +26,39 @@
 //
 // # The local API
 //
-// The watcher answers the CLI (rill operation list|show|cancel) over HTTP with JSON on a
-// separate listener from the webhook, by default a unix socket only root may open (the
-// webhook must be reachable by the registry; cancelling operations must not be): GET
-// /v1/operations, GET /v1/operations/{id}, POST /v1/operations/{id}/cancel, POST
-// /v1/reconcile. Client speaks it, over "unix:///path" or "http://host:port".
+// The watcher answers the CLI (rill operation list|show|cancel, rill create --no-wait) over
+// HTTP with JSON on a separate listener from the webhook, by default a unix socket only root
+// may open (the webhook must be reachable by the registry; cancelling operations must not
+// be): GET /v1/operations, POST /v1/operations (an operator's create, CreateRequest), GET
+// /v1/operations/{id}, POST /v1/operations/{id}/cancel, POST /v1/reconcile. Client speaks it,
+// over "unix:///path" or "http://host:port".
+//
+// An operator's create (SubmitCreate) is checked and its tag resolved when it is submitted,
+// so that a typo or a missing image fails the command; it is then an operation like the
+// others (persisted, retried, cancellable), except that it applies the operator's choices
+// (operation.CreateSpec) and ignores the repository's policy. If its tag names another image
+// when it runs (not a binding index), it fails with convert.ErrTagMoved: the operator decides
+// what to convert.
+//
+// # Several instances
+//
+// Watchers of the same registry share the policy (it lives in the registry) and nothing else:
+// each has its own operations, and they do not coordinate or lock. Correctness does not
+// depend on it, because every step is idempotent or checked against the registry:
+//
+//   - each instance that receives a push converts it. Artifacts that exist when an instance
+//     starts are kept, so the work is duplicated only when instances run at the same time;
+//     the manifest may then get two equivalent artifacts (identical when built within the
+//     same second: conversion is deterministic and the artifact is dated to the second), of
+//     which at most one is bound and the other a referrer;
+//   - the binding is pushed only if the tag still names what the instance read when it began
+//     (convert's bind re-resolves the tag just before the push), and only binds artifacts of
+//     the manifests the tag listed. An instance that finds the tag bound meanwhile ends its
+//     operation (Succeeded, saying so) and queues nothing new: binding indexes are not images.
+//     Two instances that pass the check at once push bindings of the same image;
+//   - what is not guaranteed: a registry has no conditional tag update, so a push landing in
+//     the instant between the check and the binding's PUT is overwritten by the binding of
+//     the image before it (its operation then finds the tag bound and ends). This holds for a
+//     single instance and for rill create too; a lock among watchers would not close it,
+//     since the pusher takes no part in it.
 package watch

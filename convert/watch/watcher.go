@@ -279,7 +279,12 @@ func (w *Watcher) work(ctx context.Context, op operation.Operation, progress fun
 	}
 	res, err := c.Create(ctx, op.Image(), convert.CreateOptions{Bind: true})
 	if errors.Is(err, convert.ErrTagMoved) {
-		if d, rerr := w.cfg.Remote.Resolve(ctx, op.Image()); rerr == nil {
+		d, rerr := w.cfg.Remote.Resolve(ctx, op.Image())
+		if rerr == nil {
+			if kind, cerr := w.classify(ctx, op.Repository, d); cerr == nil && kind == convert.KindBinding {
+				// Another watcher (or an operator's rill create) bound the tag meanwhile.
+				return fmt.Sprintf("the tag was bound meanwhile by another instance or rill create (it names the binding index %s); artifacts of this run that it does not bind are referrers only", d.Digest), nil
+			}
 			w.requeue(ctx, op, d)
 		}
 		return "the tag moved during the conversion: the artifacts are referrers only, the newer push gets its own operation", nil
