@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/cache"
+	"github.com/rillstream/rill/remote"
 	"golang.org/x/time/rate"
 )
 
@@ -175,8 +176,13 @@ func (m *Mounted) Complete(original *Original) error {
 	return nil
 }
 
-// backgroundRange bounds one background request.
-const backgroundRange = 8 << 20
+// backgroundRange bounds one background request. Moderate, because a read that starts while
+// it is in flight ends it (chunkReader.preemptible) and what it had received is fetched again:
+// 1 MiB is at most 0.4 s of a 20 Mbit/s link lost per preemption, and still long enough
+// (84 ms at 100 Mbit/s) that the round trip before each request costs little of the link.
+// One request in flight per layer, and few per host (the registry's bulk slots): a read
+// shares the link with few transfers in the moment before they end.
+const backgroundRange = 1 << 20
 
 // fetchMissing fetches every segment not local yet, in blob order, in ranges of neighbours.
 func (m *Mounted) fetchMissing(ctx context.Context, segs []segment) (int64, error) {
@@ -233,7 +239,6 @@ func (m *Mounted) segmentLocal(s segment) bool {
 // fetchSegments fetches neighbouring segments in one request and stores them.
 func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, error) {
 	r := m.lfs.reader
-	r.yield(ctx)
 	start, end := segs[0].start, segs[len(segs)-1].end
 	if end <= start {
 		return 0, nil
@@ -242,9 +247,16 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		return 0, err
 	}
 	buf := make([]byte, end-start)
-	rctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
-	defer cancel()
-	if _, err := readFull(rctx, r.blob, buf, start); err != nil {
+	for {
+		r.yield(ctx)
+		err := m.fetchPreemptible(ctx, buf, start)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, errPreempted) && ctx.Err() == nil {
+			m.lfs.metrics.backgroundPreemptions.Inc()
+			continue
+		}
 		return 0, fmt.Errorf("background fetch of blob range [%d, %d): %w", start, end, err)
 	}
 	m.lfs.metrics.fetchedBackground.Add(float64(len(buf)))
@@ -271,6 +283,20 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		r.storeExtra(s.start, extra)
 	}
 	return int64(len(buf)), nil
+}
+
+// fetchPreemptible reads len(buf) bytes of the blob at off at background priority; a read
+// that starts fetching meanwhile ends it with an error wrapping errPreempted.
+func (m *Mounted) fetchPreemptible(ctx context.Context, buf []byte, off int64) error {
+	pctx, done := m.lfs.reader.preemptible(remote.WithPriority(ctx, remote.PriorityBackground))
+	defer done()
+	rctx, cancel := context.WithTimeout(pctx, prefetchTimeout)
+	defer cancel()
+	_, err := readFull(rctx, m.lfs.reader.blob, buf, off)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(pctx), errPreempted) {
+		return fmt.Errorf("%w: %w", errPreempted, err)
+	}
+	return err
 }
 
 func decompressAll(compressed []byte) ([]byte, error) {

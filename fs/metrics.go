@@ -22,10 +22,12 @@ type Metrics struct {
 	fetchedBackground prometheus.Counter
 	readDuration      *prometheus.HistogramVec
 	layerMismatches   prometheus.Counter
-	hitBytes          prometheus.Counter
-	missBytes         prometheus.Counter
-	cacheOpenErrors   prometheus.Counter
-	cacheWriteErrors  prometheus.Counter
+	// backgroundPreemptions counts background transfers ended for a read.
+	backgroundPreemptions prometheus.Counter
+	hitBytes              prometheus.Counter
+	missBytes             prometheus.Counter
+	cacheOpenErrors       prometheus.Counter
+	cacheWriteErrors      prometheus.Counter
 }
 
 // NewMetrics creates the collectors.
@@ -64,6 +66,10 @@ func NewMetrics() *Metrics {
 		Name: "rill_fs_layer_mismatches_total",
 		Help: "Streamed layers that, once complete, did not decompress to the original layer's bytes (an alarm).",
 	})
+	m.backgroundPreemptions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rill_fs_background_preemptions_total",
+		Help: "Background transfers ended because a read started fetching from the same layer (the range is fetched again once reads are done).",
+	})
 	m.passthroughOpens = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rill_fs_passthrough_opens_total",
 		Help: "Opens of files complete in the cache handed to the kernel (FUSE passthrough): their reads never reach rill.",
@@ -77,5 +83,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens, m.layerMismatches, m.readDuration}
+	return []prometheus.Collector{m.fetchedBytes, m.readBytes, m.cacheErrors, m.verificationFailures, m.readErrors, m.passthroughOpens, m.layerMismatches, m.readDuration, m.backgroundPreemptions}
 }

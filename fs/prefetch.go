@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/cache"
+	"github.com/rillstream/rill/remote"
 	"github.com/sirupsen/logrus"
 )
 
@@ -177,7 +178,7 @@ func coalesce(chunks []prefetchChunk) [][]prefetchChunk {
 // that fails verification is left to on-demand reads (which retry and count it).
 func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles map[*Node]*cache.File) error {
 	p.lfs.reader.yield(ctx)
-	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
+	ctx, cancel := context.WithTimeout(remote.WithPriority(ctx, remote.PriorityPrefetch), prefetchTimeout)
 	defer cancel()
 	start, end := r[0].chunk.BlobOffset, r[len(r)-1].chunk.BlobEnd
 	buf := make([]byte, end-start)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,10 @@ type chunkReader struct {
 	flights flights
 	// reading counts fetches for reads in flight: background work waits while it is not 0.
 	reading atomic.Int64
+	// preemptMu guards bulk: the background transfers in flight, which a read that starts
+	// fetching ends (see preemptible).
+	preemptMu sync.Mutex
+	bulk      map[*context.CancelCauseFunc]struct{}
 	// neighbours are the layer's chunk segments in blob order (nil without a cache): a miss
 	// also fetches the chunks that follow in the blob — files used together sit together.
 	neighbours []segment
@@ -57,7 +62,7 @@ func (r *chunkReader) readNeighbours(ctx context.Context, c Chunk) ([]byte, erro
 	if j == k+1 {
 		return nil, errors.New("no neighbour to fetch")
 	}
-	r.reading.Add(1)
+	r.startReading()
 	defer r.reading.Add(-1)
 	start, end := c.BlobOffset, segs[j-1].end
 	buf := make([]byte, end-start)
@@ -110,6 +115,49 @@ func (r *chunkReader) yield(ctx context.Context) {
 	}
 }
 
+// errPreempted is the cause of a background transfer ended for a read.
+var errPreempted = errors.New("preempted by a read")
+
+// startReading counts a read's fetch in flight and ends the background transfers in flight.
+func (r *chunkReader) startReading() {
+	r.reading.Add(1)
+	r.preemptMu.Lock()
+	defer r.preemptMu.Unlock()
+	for cancel := range r.bulk {
+		(*cancel)(errPreempted)
+	}
+	clear(r.bulk)
+}
+
+// preemptible returns a context for a background transfer that a read starting to fetch
+// ends, with errPreempted as its cause, and the function to call once the transfer is over.
+//
+// Why: the link's bandwidth is shared by the transfers in flight, so a read that starts
+// while a bulk transfer is in flight would share the link with it until it ends, however
+// the registry's slots are scheduled (on a saturated 20 Mbit/s link this doubled the
+// latency of a cold 256 KiB read). Ended, the transfer frees the link within a few packets;
+// the background fetch then waits for the reads (yield) and asks for the range again. What
+// it had received is lost: that is why background requests are moderate in size
+// (backgroundRange), and why prefetch, which reads are about to need, is not preempted.
+func (r *chunkReader) preemptible(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	r.preemptMu.Lock()
+	if r.bulk == nil {
+		r.bulk = map[*context.CancelCauseFunc]struct{}{}
+	}
+	r.bulk[&cancel] = struct{}{}
+	r.preemptMu.Unlock()
+	if r.reading.Load() > 0 {
+		cancel(errPreempted) // a read started between the caller's yield and now
+	}
+	return ctx, func() {
+		r.preemptMu.Lock()
+		delete(r.bulk, &cancel)
+		r.preemptMu.Unlock()
+		cancel(nil)
+	}
+}
+
 // read returns the uncompressed bytes of c, verified against c.Digest. A chunk that fails
 // verification is read once more (a transfer may have been corrupted on the way); a second
 // failure is an error wrapping ErrChunkVerification.
@@ -130,7 +178,7 @@ func (r *chunkReader) read(ctx context.Context, c Chunk) ([]byte, error) {
 }
 
 func (r *chunkReader) readOnce(ctx context.Context, c Chunk) ([]byte, error) {
-	r.reading.Add(1)
+	r.startReading()
 	defer r.reading.Add(-1)
 	compressed := make([]byte, c.BlobEnd-c.BlobOffset)
 	if _, err := readFull(ctx, r.blob, compressed, c.BlobOffset); err != nil {
@@ -255,7 +303,7 @@ func (r *chunkReader) readRun(ctx context.Context, n *Node, i int, cf *cache.Fil
 	if j == i+1 {
 		return nil, errors.New("nothing to read ahead")
 	}
-	r.reading.Add(1)
+	r.startReading()
 	defer r.reading.Add(-1)
 	start, end := first.BlobOffset, n.Chunks[j-1].BlobEnd
 	buf := make([]byte, end-start)
