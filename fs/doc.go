@@ -23,4 +23,10 @@
 // cache and returned; concurrent reads of one missing chunk share one fetch. A chunk that
 // fails the check is fetched once more; if it fails again the read gets EIO. Unverified
 // bytes are never returned, nor stored; a failure of the cache only costs a fetch.
+//
+// Reads come first. Their requests are on-demand for the registry's scheduler (remote's
+// priorities), prefetch requests carry remote.PriorityPrefetch and the background fetch
+// remote.PriorityBackground. Within a layer, prefetch and background work start no request
+// while reads are fetching, and a read that starts fetching ends the background transfer in
+// flight (it is asked for again afterwards), so that the read has the link to itself.
 package fs
