@@ -167,18 +167,19 @@ func median(ds []time.Duration) time.Duration {
 // the layer take about as long as on the idle link: the read ends the background transfer in
 // flight instead of sharing the link with it.
 //
-// The bound, idle + 3 RTT: a read on the saturated link still finds the ended transfer's last
+// The bound, idle + 4 RTT: a read on the saturated link still finds the ended transfer's last
 // packets queued at the bottleneck and on their way (≈ 13 ms of 16 KiB packets at 20 Mbit/s,
-// about one RTT in all, as measured); the other two RTTs are margin for a loaded machine.
-// Sharing the link with a bulk transfer instead would add the read's own transfer time
-// (256 KiB: ≈ 105 ms, more than 5 RTT), so the bound tells the two apart with room to spare.
-// Medians of several reads, each phase measured the same way, keep it steady.
+// about one RTT in all, as measured); the other three RTTs are margin for a loaded machine
+// (with two cores kept busy the medians moved by up to 45 ms). Sharing the link with a bulk
+// transfer instead adds the read's own transfer time (256 KiB: ≈ 105 ms, over 5 RTT; measured
+// +110 ms), so the bound still tells the two apart. Medians of several reads, each phase
+// measured the same way, keep it steady.
 func TestOnDemandReadsKeepTheirLatencyOnASaturatedLink(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves tens of MB through an emulated 20 Mbit/s link")
 	}
 	s := mountBehindSlowLink(t)
-	const reads = 9
+	const reads = 11
 	s.readCold(t) // the first request opens the connection: not a cold read's typical cost
 	var idle, busy []time.Duration
 	for range reads {
@@ -193,8 +194,8 @@ func TestOnDemandReadsKeepTheirLatencyOnASaturatedLink(t *testing.T) {
 	stop()
 	preemptions := testutil.ToFloat64(s.m.lfs.metrics.backgroundPreemptions)
 	t.Logf("cold 16 KiB file reads: idle link median %s, saturated median %s (%v); %.0f background transfers preempted", median(idle), median(busy), busy, preemptions)
-	if bound := median(idle) + 3*slowLink.RTT; median(busy) > bound {
-		t.Errorf("on the saturated link reads took %s (median), more than the idle link's %s + 3 RTT = %s", median(busy), median(idle), bound)
+	if bound := median(idle) + 4*slowLink.RTT; median(busy) > bound {
+		t.Errorf("on the saturated link reads took %s (median), more than the idle link's %s + 4 RTT = %s", median(busy), median(idle), bound)
 	}
 	if preemptions == 0 {
 		t.Error("no background transfer was in flight when a read started: the scenario did not saturate the link")
