@@ -117,6 +117,9 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		f.layer.log.WithError(err).WithFields(logrus.Fields{"ino": f.ino, "offset": off, "length": len(dest)}).Warn("read failed; answering EIO")
 		return nil, syscall.EIO
 	}
+	if r := f.layer.recorder; r != nil {
+		r.read(f.path, n)
+	}
 	return fuse.ReadResultData(dest[:n]), gofs.OK
 }
 

@@ -128,10 +128,13 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.EROFS
 	}
 	if r := f.layer.recorder; r != nil {
-		r.opened(f.path)
+		r.opened(f.path, f.n.Size)
 	}
 	h := openHandle(f)
 	h.choosePassthrough()
+	if r := f.layer.recorder; r != nil && h.local != nil {
+		r.passedThrough(f.path)
+	}
 	// The layer never changes: let the kernel keep pages between opens. A file complete in
 	// the cache is read by the kernel itself (passthrough, see fileHandle.choosePassthrough).
 	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK

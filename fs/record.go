@@ -5,10 +5,16 @@ import (
 	"time"
 )
 
-// Access is a file's first open after the mount.
+// Access is a file's first open after the mount, and how much of it was read during the
+// recording window.
 type Access struct {
 	Path string
 	At   time.Time
+	Size int64 // the file's size
+	Read int64 // bytes read from it in the window (each page the kernel asked for once)
+	// Unmetered is set when an open in the window was passed through to the kernel (the file
+	// was complete): its reads do not reach rill, and Read says nothing.
+	Unmetered bool
 }
 
 // recorder keeps the order of first opens during a window after the mount: what the image
@@ -16,7 +22,7 @@ type Access struct {
 type recorder struct {
 	until time.Time
 	mu    sync.Mutex
-	seen  map[string]bool
+	seen  map[string]int // index in order
 	order []Access
 }
 
@@ -24,21 +30,45 @@ type recorder struct {
 const maxRecorded = 100_000
 
 func newRecorder(window time.Duration) *recorder {
-	return &recorder{until: time.Now().Add(window), seen: map[string]bool{}}
+	return &recorder{until: time.Now().Add(window), seen: map[string]int{}}
 }
 
-func (r *recorder) opened(path string) {
+func (r *recorder) opened(path string, size int64) {
 	now := time.Now()
 	if now.After(r.until) {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.seen[path] || len(r.order) >= maxRecorded {
+	if _, ok := r.seen[path]; ok || len(r.order) >= maxRecorded {
 		return
 	}
-	r.seen[path] = true
-	r.order = append(r.order, Access{Path: path, At: now})
+	r.seen[path] = len(r.order)
+	r.order = append(r.order, Access{Path: path, At: now, Size: size})
+}
+
+// passedThrough marks path as read by the kernel directly (see Access.Unmetered).
+func (r *recorder) passedThrough(path string) {
+	if time.Now().After(r.until) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i, ok := r.seen[path]; ok {
+		r.order[i].Unmetered = true
+	}
+}
+
+// read counts n bytes read from path during the window.
+func (r *recorder) read(path string, n int) {
+	if n <= 0 || time.Now().After(r.until) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i, ok := r.seen[path]; ok {
+		r.order[i].Read = min(r.order[i].Read+int64(n), r.order[i].Size)
+	}
 }
 
 // Recorded returns the files first opened during the recording window, in order, and whether

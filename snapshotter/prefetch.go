@@ -15,13 +15,14 @@ const layerLoadTimeout = 2 * time.Minute
 
 // loadedLayer is a layer resolved and its TOC loaded, or why not.
 type loadedLayer struct {
-	done    chan struct{}
-	layer   RemoteLayer
-	toc     *rillfs.TOC
-	tocJSON []byte
-	reason  string
-	err     error
-	expires time.Time
+	done     chan struct{}
+	layer    RemoteLayer
+	toc      *rillfs.TOC
+	tocJSON  []byte
+	reason   string
+	err      error
+	finished time.Time // when it was loaded
+	expires  time.Time
 }
 
 // layerLoader resolves layers and loads their TOCs ahead of containerd's Prepare calls: when
@@ -47,12 +48,29 @@ func loadKey(l LayerLabels) string {
 // load returns layer l resolved and its TOC loaded, starting the image's other layers in the
 // background. The entry is consumed: a later Prepare of the same layer loads it again.
 func (ll *layerLoader) load(ctx context.Context, l LayerLabels) (*loadedLayer, error) {
+	e, err := ll.take(ctx, l, true)
+	if err == nil && time.Since(e.finished) > imageFresh {
+		// Loaded ahead long ago (the layers before it took their time): the artifact may have
+		// changed since; load it again, as the image's resolution is checked again.
+		e, err = ll.take(ctx, l, false)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return e, e.err
+}
+
+// take waits for l to load (starting the image's other layers too when others is set) and
+// consumes the entry.
+func (ll *layerLoader) take(ctx context.Context, l LayerLabels, others bool) (*loadedLayer, error) {
 	e := ll.start(l)
-	for _, other := range l.Layers {
-		if other != l.Layer {
-			o := l
-			o.Layer = other
-			ll.start(o)
+	if others {
+		for _, other := range l.Layers {
+			if other != l.Layer {
+				o := l
+				o.Layer = other
+				ll.start(o)
+			}
 		}
 	}
 	select {
@@ -65,7 +83,7 @@ func (ll *layerLoader) load(ctx context.Context, l LayerLabels) (*loadedLayer, e
 		delete(ll.layers, loadKey(l))
 	}
 	ll.mu.Unlock()
-	return e, e.err
+	return e, nil
 }
 
 // start begins loading l unless it is loaded or loading already.
@@ -89,7 +107,8 @@ func (ll *layerLoader) start(l LayerLabels) *loadedLayer {
 		defer cancel()
 		ll.run(ctx, l, e)
 		ll.mu.Lock()
-		e.expires = time.Now().Add(imageTTL)
+		e.finished = time.Now()
+		e.expires = e.finished.Add(imageTTL)
 		ll.mu.Unlock()
 		close(e.done)
 	}()

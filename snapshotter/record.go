@@ -53,6 +53,19 @@ func (s *Snapshotter) record(image string, ml *mountedLayer) {
 	}
 }
 
+// A profile names whole files, and prefetch fetches them whole. A big file of which the start
+// read only a small part (a data file read in places, a large library touched in a few pages)
+// is left out: prefetching it would put its whole size on the link while the container waits
+// for other bytes; its parts are better fetched as they are read.
+const (
+	sparseFileMin      = 8 << 20 // files smaller than this are kept whatever was read
+	sparseReadFraction = 8       // ... larger ones need more than 1/8 of them read
+)
+
+func sparselyRead(a rillfs.Access) bool {
+	return !a.Unmetered && a.Size >= sparseFileMin && a.Read*sparseReadFraction < a.Size
+}
+
 // writePendingProfiles writes the profiles of every image still being recorded, with what was
 // recorded so far: a daemon that stops before a window is over keeps what it saw.
 func (s *Snapshotter) writePendingProfiles() {
@@ -84,14 +97,20 @@ func (s *Snapshotter) writeProfile(image string) {
 	sort.SliceStable(all, func(i, j int) bool { return all[i].At.Before(all[j].At) })
 	p := Profile{Image: image, Recorded: time.Now().UTC()}
 	seen := map[string]bool{}
+	partial := 0
 	for _, a := range all {
-		if !seen[a.Path] {
-			seen[a.Path] = true
-			p.Paths = append(p.Paths, a.Path)
+		if seen[a.Path] {
+			continue
 		}
+		seen[a.Path] = true
+		if sparselyRead(a) {
+			partial++
+			continue
+		}
+		p.Paths = append(p.Paths, a.Path)
 	}
 	path := ProfilePath(s.root, image)
-	entry := log.L.WithField("image", image).WithField("profile", path).WithField("files", len(p.Paths))
+	entry := log.L.WithField("image", image).WithField("profile", path).WithField("files", len(p.Paths)).WithField("left_out_sparsely_read", partial)
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(path), 0o700)

@@ -34,6 +34,12 @@ const (
 // imageTTL bounds how long a resolved image is remembered: one pull's layers share it.
 const imageTTL = 2 * time.Minute
 
+// imageFresh is how long a resolved image is reused without a look at the registry. Older, it
+// is reused only while its reference still names what it named (one HEAD request): an
+// artifact rebuilt (`rill create --force`) or a tag moved since is seen by the next pull,
+// while the layers of one pull, prepared within moments of each other, share one resolution.
+const imageFresh = 5 * time.Second
+
 // RegistryResolver is the Resolver of the daemon: it reads images, their bindings and
 // referrers from the registry through remote/.
 type RegistryResolver struct {
@@ -41,6 +47,7 @@ type RegistryResolver struct {
 	base      context.Context // lifetime of blob readers (not of one Prepare call)
 	platforms platforms.MatchComparer
 	trust     string
+	fresh     time.Duration // imageFresh; tests shorten it
 
 	mu     sync.Mutex
 	images map[string]*imageEntry
@@ -62,7 +69,7 @@ func NewRegistryResolver(base context.Context, reg *remote.Registry, platformSpe
 	if trust != TrustBound && trust != TrustReferrers {
 		return nil, fmt.Errorf("streaming trust %q: want %q or %q", trust, TrustBound, TrustReferrers)
 	}
-	return &RegistryResolver{reg: reg, base: base, platforms: platforms.Any(ps...), trust: trust, images: map[string]*imageEntry{}}, nil
+	return &RegistryResolver{reg: reg, base: base, platforms: platforms.Any(ps...), trust: trust, fresh: imageFresh, images: map[string]*imageEntry{}}, nil
 }
 
 // image is what the resolver learned about one pulled image (one platform manifest M).
@@ -76,6 +83,8 @@ type image struct {
 	notStreamable string
 	// profile is the artifact's prefetch profile.
 	profile []string
+	// top is what the pulled reference named when the image was resolved.
+	top digest.Digest
 }
 
 type imageEntry struct {
@@ -83,6 +92,7 @@ type imageEntry struct {
 	img     *image
 	err     error
 	expires time.Time
+	checked time.Time // when img was resolved, or last found still current
 }
 
 // Resolve decides whether the layer l streams.
@@ -169,11 +179,25 @@ func (r *RegistryResolver) image(ctx context.Context, l LayerLabels) (*image, er
 		}
 	}
 	e, ok := r.images[key]
+	if ok && isDone(e) && e.err == nil && now.Sub(e.checked) > r.fresh {
+		r.mu.Unlock()
+		current := r.stillNames(ctx, l.ImageRef, e.img)
+		r.mu.Lock()
+		if current {
+			e.checked = time.Now()
+		} else if r.images[key] == e {
+			delete(r.images, key)
+		}
+		e, ok = r.images[key]
+	}
 	if !ok {
 		e = &imageEntry{done: make(chan struct{})}
 		r.images[key] = e
 		r.mu.Unlock()
 		e.img, e.err = r.resolveImage(ctx, l)
+		r.mu.Lock()
+		e.checked = time.Now()
+		r.mu.Unlock()
 		e.expires = time.Now().Add(imageTTL)
 		if e.err != nil {
 			e.expires = time.Now() // errors are not remembered
@@ -188,6 +212,19 @@ func (r *RegistryResolver) image(ctx context.Context, l LayerLabels) (*image, er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// stillNames reports whether ref still names what it named when img was resolved.
+func (r *RegistryResolver) stillNames(ctx context.Context, ref string, img *image) bool {
+	if img == nil || img.top == "" {
+		return false
+	}
+	top, err := r.reg.Resolve(ctx, ref)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("ref", ref).Debug("cannot check the resolved image against the registry; resolving it again")
+		return false
+	}
+	return top.Digest == img.top
 }
 
 func isDone(e *imageEntry) bool {
@@ -212,6 +249,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 	if err != nil {
 		return nil, err
 	}
+	img.top = top.Digest
 	var index *ocispec.Index
 	if isIndex(top.MediaType) {
 		b, err := r.reg.FetchManifest(ctx, l.ImageRef, top)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
@@ -238,6 +239,46 @@ func TestRegistryResolverDecisions(t *testing.T) {
 			buf := make([]byte, 2)
 			if _, err := layer.Blob.ReadAt(buf, 0); err != nil || buf[0] != 0x1f || buf[1] != 0x8b {
 				t.Fatalf("blob read: %x, %v", buf, err)
+			}
+		})
+	}
+}
+
+// A pull after the tag changed sees the change (rill create --force rebinds the tag), while
+// the layers of one pull share one resolution.
+func TestRegistryResolverSeesARebind(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRegistry(t)
+	img := r.pushImage(t, "app", ocispec.Platform{OS: "linux", Architecture: "amd64"}, false)
+	r.pushArtifact(t, "app", img, false)
+	r.tagIndex(t, "app:v1", true, img)
+	l := LayerLabels{Target: "chain", ImageRef: r.host + "/app:v1", Manifest: img.manifestDesc.Digest, Layer: img.manifest.Layers[0].Digest}
+	for _, c := range []struct {
+		name     string
+		fresh    time.Duration
+		wantSame bool
+	}{
+		{"within one pull", time.Hour, true},
+		{"a later pull", 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r.tagIndex(t, "app:v1", true, img)
+			res, err := NewRegistryResolver(ctx, r.reg, []string{"linux/amd64"}, TrustBound)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.fresh = c.fresh
+			if _, err := res.Resolve(ctx, l); err != nil {
+				t.Fatalf("bound artifact not streamed: %v", err)
+			}
+			r.tagIndex(t, "app:v1", false, img) // the binding goes away
+			_, err = res.Resolve(ctx, l)
+			var ns *NotStreamableError
+			switch {
+			case c.wantSame && err != nil:
+				t.Fatalf("the second layer of the pull resolved again: %v", err)
+			case !c.wantSame && (!errors.As(err, &ns) || ns.Reason != "no-bound-artifact"):
+				t.Fatalf("a later pull still streams the artifact the tag no longer binds: %v", err)
 			}
 		})
 	}

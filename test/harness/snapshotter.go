@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,9 +51,16 @@ async_remove = true
 hosts_dir = %q
 # Short, so that reads of a registry that is down fail fast in the tests.
 read_timeout = "5s"
-# Short, so that a test can use the profile its container's start recorded.
-record_window = "5s"
 %s%s`
+
+// streamingDefaults are [streaming] lines of the harness's config that SetStreaming can
+// override, by key.
+func streamingDefaults() []string {
+	return []string{
+		// Short, so that a test can use the profile its container's start recorded.
+		`record_window = "5s"`,
+	}
+}
 
 // metricsConfig turns on rill-snapshotter's Prometheus endpoint at an address.
 const metricsConfig = `
@@ -92,7 +101,13 @@ func (s *Snapshotter) SetStreaming(lines ...string) error {
 }
 
 func (s *Snapshotter) writeConfig() error {
+	key := func(line string) string { k, _, _ := strings.Cut(line, "="); return strings.TrimSpace(k) }
 	extra := ""
+	for _, d := range streamingDefaults() {
+		if !slices.ContainsFunc(s.streaming, func(l string) bool { return key(l) == key(d) }) {
+			extra += d + "\n"
+		}
+	}
 	for _, l := range s.streaming {
 		extra += l + "\n"
 	}
