@@ -554,22 +554,7 @@ func TestBackgroundVerification(t *testing.T) {
 // as its prefetch profile.
 func TestAccessRecordingWritesAProfile(t *testing.T) {
 	requireRoot(t)
-	local, digests := newLocalResolver(t, []testlayer.Entry{
-		testlayer.Reg("bin/app", []byte("app"), 0o755),
-		testlayer.Reg("etc/app.conf", []byte("conf"), 0o644),
-		testlayer.Reg("unused", []byte("unused"), 0o644),
-	})
-	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
-	root := t.TempDir()
-	sn, err := NewSnapshotter(ctx, root, WithResolver(local), WithRecordWindow(500*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	d := digests[0]
-	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
+	ctx, sn, root := recordingSnapshotter(t, 500*time.Millisecond)
 	view, release := mountView(t, ctx, sn, "view", "chain")
 	defer release()
 	for _, p := range []string{"etc/app.conf", "bin/app", "etc/app.conf"} {
@@ -601,21 +586,7 @@ func TestAccessRecordingWritesAProfile(t *testing.T) {
 // A daemon that stops before the recording window is over writes what it recorded so far.
 func TestClosingWritesThePendingProfile(t *testing.T) {
 	requireRoot(t)
-	local, digests := newLocalResolver(t, []testlayer.Entry{
-		testlayer.Reg("bin/app", []byte("app"), 0o755),
-		testlayer.Reg("etc/app.conf", []byte("conf"), 0o644),
-	})
-	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
-	root := t.TempDir()
-	sn, err := NewSnapshotter(ctx, root, WithResolver(local), WithRecordWindow(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
-	d := digests[0]
-	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
+	ctx, sn, root := recordingSnapshotter(t, time.Hour)
 	view, release := mountView(t, ctx, sn, "view", "chain")
 	if _, err := os.ReadFile(filepath.Join(view, "bin/app")); err != nil {
 		t.Fatal(err)
@@ -639,4 +610,27 @@ func TestClosingWritesThePendingProfile(t *testing.T) {
 	if fmt.Sprint(p.Paths) != "[/bin/app]" {
 		t.Fatalf("profile written at close: %+v", p)
 	}
+}
+
+// recordingSnapshotter is a snapshotter recording with window, with a streamed layer of three
+// files committed as "chain"; it is closed at the end of the test.
+func recordingSnapshotter(t *testing.T, window time.Duration) (context.Context, *Snapshotter, string) {
+	t.Helper()
+	local, digests := newLocalResolver(t, []testlayer.Entry{
+		testlayer.Reg("bin/app", []byte("app"), 0o755),
+		testlayer.Reg("etc/app.conf", []byte("conf"), 0o644),
+		testlayer.Reg("unused", []byte("unused"), 0o644),
+	})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	sn, err := NewSnapshotter(ctx, root, WithResolver(local), WithRecordWindow(window))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	return ctx, sn, root
 }
