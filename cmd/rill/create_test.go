@@ -84,7 +84,7 @@ func TestCreateNoWait(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(out, "trigger:  rill create") || !strings.Contains(out, "bound") {
+	if !strings.Contains(out, "trigger:  rill create") || !strings.Contains(out, "bound") || !strings.Contains(out, "options:  --chunk-size 65536") {
 		t.Errorf("operation show:\n%s", out)
 	}
 	code, out, errOut = rill(t, append([]string{"show", ref}, flags...)...)

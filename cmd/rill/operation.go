@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -96,8 +97,15 @@ func printOperations(env *cliEnv, ops []operation.Operation) error {
 }
 
 func printOperation(env *cliEnv, op operation.Operation) {
-	fmt.Fprintf(env.stdout, "operation %s\n  image:    %s@%s\n  trigger:  %s\n  state:    %s\n  attempts: %d\n  created:  %s\n",
-		op.ID, op.Image(), op.Digest, op.Trigger, op.State, op.Attempts, op.Created.Local().Format(time.DateTime))
+	image := op.Image()
+	if op.Tag != "" {
+		image += "@" + op.Digest.String()
+	}
+	fmt.Fprintf(env.stdout, "operation %s\n  image:    %s\n  trigger:  %s\n  state:    %s\n  attempts: %d\n  created:  %s\n",
+		op.ID, image, op.Trigger, op.State, op.Attempts, op.Created.Local().Format(time.DateTime))
+	if c := op.Create; c != nil {
+		fmt.Fprintf(env.stdout, "  options:  %s\n", createChoices(*c))
+	}
 	if d := detail(op); d != "" {
 		fmt.Fprintf(env.stdout, "  detail:   %s\n", d)
 	}
@@ -115,4 +123,34 @@ func detail(op operation.Operation) string {
 		return fmt.Sprintf("%s (next attempt at %s)", op.Message, op.NextAttempt.Local().Format(time.TimeOnly))
 	}
 	return op.Message
+}
+
+// createChoices describes an operator's create options, as rill create's flags.
+func createChoices(c operation.CreateSpec) string {
+	var out []string
+	if c.Force {
+		out = append(out, "--force")
+	}
+	if c.NoBind {
+		out = append(out, "--no-bind")
+	}
+	if len(c.Profile) > 0 {
+		out = append(out, fmt.Sprintf("--prefetch-profile (%d paths)", len(c.Profile)))
+	}
+	if len(c.Platforms) > 0 {
+		out = append(out, "--platform "+strings.Join(c.Platforms, ","))
+	}
+	if c.ChunkSize != 0 {
+		out = append(out, fmt.Sprintf("--chunk-size %d", c.ChunkSize))
+	}
+	if c.CompressionLevel != 0 {
+		out = append(out, fmt.Sprintf("--compression-level %d", c.CompressionLevel))
+	}
+	if c.VerifyChunks {
+		out = append(out, "--verify-chunks")
+	}
+	if len(out) == 0 {
+		return "(the watcher's defaults)"
+	}
+	return strings.Join(out, " ")
 }
