@@ -52,3 +52,13 @@ clean:
 .PHONY: bench
 bench: setup
 	$(GO) run ./script/bench $(BENCH_FLAGS)
+
+# The micro-benchmarks of issue #5 (test/perf: cold random and sequential reads, warm reads
+# and start time versus overlayfs, memory with 50 layers) over an emulated 100 Mbit/s, 20 ms
+# link (root; a few minutes). BENCHTIME sets -benchtime, BENCH_RUN selects, e.g.
+# make bench-micro BENCH_RUN=ColdRandom BENCHTIME=100x.
+BENCHTIME ?= 5s
+BENCH_RUN ?= .
+.PHONY: bench-micro
+bench-micro: setup
+	$(GO) test -run '^$$' -bench '$(BENCH_RUN)' -benchtime $(BENCHTIME) -timeout 60m ./test/perf/
