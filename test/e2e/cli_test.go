@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("crictl rmi: %v", err)
 	}
 
+	testPinnedDigest(t, env, img)
 	testRecordedProfile(t, env, img, rill)
 
 	rill("delete", img.Ref)
@@ -101,4 +104,115 @@ func TestCLI(t *testing.T) {
 			t.Errorf("after rill delete, %s resolves (%v)", ref, err)
 		}
 	}
+}
+
+// testPinnedDigest pulls the image pinned to its platform manifest's digest, which no tag's
+// binding vouches for: the node finds the artifact only as a referrer, which it honours only
+// with streaming.trust = "referrers". With the default trust the pull is in full (rill logs
+// why); with referrers trusted it streams. The default is restored for what follows.
+func testPinnedDigest(t *testing.T, env *harness.Env, img pushedImage) {
+	ctx := t.Context()
+	pinned := img.Ref[:strings.LastIndex(img.Ref, ":")] + "@" + img.ManifestDigest.String()
+	// pull pulls pinned into a node that holds none of its layers, and returns what rill
+	// logged about them.
+	pull := func(what string) string {
+		t.Helper()
+		assertSnapshotsGone(t, env, img) // else containerd reuses the layers and asks rill nothing
+		from := logSize(t, env)
+		if _, err := env.CRI.Pull(ctx, pinned); err != nil {
+			t.Fatalf("crictl pull %s (%s): %v", pinned, what, err)
+		}
+		assertUnpackedByRill(t, env, img)
+		return logSince(t, env, from)
+	}
+
+	log := pull("trust bound")
+	decisions := grepLines(log, "layer ")
+	if streamed := grepLines(log, "layer streamed"); streamed != "" {
+		t.Errorf("with the default trust, a pull pinned to the manifest's digest streamed:\n%s", streamed)
+	}
+	if n := strings.Count(grepLines(log, "layer pulled in full"), "reason=no-bound-artifact"); n != len(img.ChainIDs) {
+		t.Errorf("with the default trust, %d of %d layers were pulled in full for the reason no-bound-artifact; rill's decisions:\n%s", n, len(img.ChainIDs), decisions)
+	}
+	assertLayersRemote(t, env, img, false)
+	if err := env.CRI.RemoveImage(ctx, pinned); err != nil {
+		t.Fatalf("crictl rmi %s: %v", pinned, err)
+	}
+
+	restart := func(lines ...string) {
+		t.Helper()
+		if err := env.Snapshotter.SetStreaming(lines...); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Snapshotter.Stop(ctx); err != nil {
+			t.Fatalf("stopping rill-snapshotter: %v", err)
+		}
+		if err := env.StartSnapshotter(ctx); err != nil {
+			t.Fatalf("starting rill-snapshotter with %q: %v", lines, err)
+		}
+	}
+	restart(`trust = "referrers"`)
+	log = pull("trust referrers")
+	streamed := grepLines(log, "layer streamed")
+	if n := len(regexp.MustCompile(`reason=referrer(\s|$)`).FindAllString(streamed, -1)); n != len(img.ChainIDs) {
+		t.Errorf("with streaming.trust = \"referrers\", %d of %d layers streamed for the reason referrer; rill's decisions:\n%s", n, len(img.ChainIDs), grepLines(log, "layer "))
+	}
+	assertLayersRemote(t, env, img, true)
+	if err := env.CRI.RemoveImage(ctx, pinned); err != nil {
+		t.Fatalf("crictl rmi %s: %v", pinned, err)
+	}
+	restart()
+}
+
+// assertLayersRemote checks that each layer of img is a snapshot rill streams (remote), or
+// that none is.
+func assertLayersRemote(t *testing.T, env *harness.Env, img pushedImage, remote bool) {
+	t.Helper()
+	infos, err := env.Snapshotter.Snapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamed := map[string]bool{}
+	for _, info := range infos {
+		streamed[chainOf(info.Name)] = info.Labels[labelRemote] != ""
+	}
+	for i, chain := range img.ChainIDs {
+		if streamed[chain.String()] != remote {
+			t.Errorf("layer %d (chain %s): streamed %v, want %v", i, chain, streamed[chain.String()], remote)
+		}
+	}
+}
+
+// logSize is the length of rill-snapshotter's log now (what logSince reads from).
+func logSize(t *testing.T, env *harness.Env) int64 {
+	t.Helper()
+	fi, err := os.Stat(env.Snapshotter.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// logSince returns rill-snapshotter's log from offset from on.
+func logSince(t *testing.T, env *harness.Env, from int64) string {
+	t.Helper()
+	data, err := os.ReadFile(env.Snapshotter.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if from > int64(len(data)) {
+		from = 0 // the log was rewritten
+	}
+	return string(data[from:])
+}
+
+// grepLines returns the lines of log that contain what.
+func grepLines(log, what string) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, what) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -245,6 +245,22 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("disabling removed what existed: %+v", st)
 	}
 
+	// An operator's rill create --no-wait: the watcher does it as an operation, whatever the
+	// repository's policy says (disabled here); the command returns the operation's ID at once.
+	id := strings.TrimSpace(cli.must(append([]string{"create", "--no-wait", "--watcher", w.api, v2.Ref}, cli.registryArgs()...)...))
+	manual := w.waitOperation(t, v2.Ref, "succeeded (rill create --no-wait)", func(op operation.Operation) bool {
+		if op.ID == id && op.State.Final() && op.State != operation.Succeeded {
+			t.Fatalf("the operation of rill create --no-wait ended %s: %s", op.State, op.Message)
+		}
+		return op.ID == id && op.State == operation.Succeeded
+	})
+	if manual.Trigger != "rill create" {
+		t.Errorf("the operation of rill create --no-wait: %+v", manual)
+	}
+	if st := cli.show(t, v2.Ref); !boundArtifact(st) {
+		t.Fatalf("after rill create --no-wait's operation, rill show: %+v", st)
+	}
+
 	// Killed mid-operation: the operation is resumed and completes after a restart.
 	cli.must(append([]string{"repo", "enable", repo}, cli.registryArgs()...)...)
 	big := pushBig(t, repo+":big")
