@@ -33,7 +33,7 @@
 //     rill ≤ 1.1× overlayfs.
 //   - BenchmarkMemory50Layers: 50 layers of 3000 files each (plus their directories and some
 //     symlinks, in a realistic tree) mounted in this process as the daemon mounts them, with
-//     one shared cache store; every entry looked up, one file in 50 read. Reports the Go heap
+//     one shared cache store; every entry looked up, one file in 200 read. Reports the Go heap
 //     in use and VmRSS after a forced GC with free memory returned to the kernel, and how much
 //     VmRSS grew from before the mounts (target: the daemon ≤ 100 MiB). This measures the
 //     streaming state — TOC indexes, FUSE servers and inodes, cache handles, registry access —
