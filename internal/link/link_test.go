@@ -127,13 +127,16 @@ func TestSharedBudget(t *testing.T) {
 
 	ideal := time.Duration(float64(size*8) / rate * float64(time.Second))
 	t.Logf("one connection: %s (ideal %s); two at once: %s (%v each)", alone, ideal, both, durations)
-	if alone < ideal || alone > ideal*13/10 {
-		t.Errorf("one connection took %s for %d bytes; at %.0f bit/s it should take %s to %s", alone, size, rate, ideal, ideal*13/10)
+	// The lower bounds are what the pacer guarantees; the upper ones only catch a link far
+	// slower than its rate, with room for a loaded CI machine (tests of other packages run
+	// alongside).
+	if alone < ideal || alone > ideal*2 {
+		t.Errorf("one connection took %s for %d bytes; at %.0f bit/s it should take %s to %s", alone, size, rate, ideal, ideal*2)
 	}
 	if both < 2*ideal*95/100 {
 		t.Errorf("two parallel connections finished in %s: faster than the shared cap allows (%s): is the budget per connection?", both, 2*ideal)
 	}
-	if both > 2*ideal*13/10 {
+	if both > 2*ideal*2 {
 		t.Errorf("two parallel connections took %s, far beyond the cap's %s", both, 2*ideal)
 	}
 	for i, d := range durations {
