@@ -10,40 +10,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-)
-
-// The streaming artifact (see the package documentation).
-const (
-	// ArtifactType is the artifactType of every streaming artifact manifest.
-	ArtifactType = "application/vnd.rill.streaming.v1"
-	// FormatName is the layer format of version 1 artifacts: byte-preserving eStargz.
-	FormatName = "estargz-lossless"
-	// FormatVersion is the version of the artifact layout written here.
-	FormatVersion = "1"
-
-	// AnnotationFormat names the layer format of an artifact.
-	AnnotationFormat = "dev.rill.streaming.v1.format"
-	// AnnotationVersion is the version of the artifact layout.
-	AnnotationVersion = "dev.rill.streaming.v1.version"
-	// AnnotationPlatform is the platform (os/arch[/variant]) of the artifact's subject.
-	AnnotationPlatform = "dev.rill.streaming.v1.platform"
-	// AnnotationChunkSize is the chunk size the layers were converted with.
-	AnnotationChunkSize = "dev.rill.streaming.v1.chunk-size"
-	// AnnotationPrefetch holds the prefetch profile, encoded by EncodeProfile.
-	AnnotationPrefetch = "dev.rill.streaming.v1.prefetch"
-	// AnnotationCreated is when the artifact was built (RFC 3339, UTC).
-	AnnotationCreated = ocispec.AnnotationCreated
-
-	// AnnotationBinding, on a platform manifest's descriptor in the index at a tag, names
-	// the digest of the streaming artifact bound to that manifest.
-	AnnotationBinding = "dev.rill.streaming.v1.manifest"
-	// AnnotationBoundFrom, on a binding index, is the digest of what the tag named before
-	// it was bound (the original index, or the single platform manifest), so that
-	// unbinding can restore it.
-	AnnotationBoundFrom = "dev.rill.streaming.v1.bound-from"
-	// AnnotationSubject, on an artifact's descriptor in the binding index, is the digest of
-	// the platform manifest it streams.
-	AnnotationSubject = "dev.rill.streaming.v1.subject"
+	"github.com/rillstream/rill/artifact"
 )
 
 // artifactPlatform is the platform of an artifact's entry in a binding index: one that no
@@ -83,7 +50,7 @@ func buildArtifact(spec artifactSpec) (config, manifest []byte, err error) {
 	}
 	m := ocispec.Manifest{
 		MediaType:    ocispec.MediaTypeImageManifest,
-		ArtifactType: ArtifactType,
+		ArtifactType: artifact.ArtifactType,
 		Config: ocispec.Descriptor{
 			MediaType: ocispec.MediaTypeImageConfig,
 			Digest:    digest.FromBytes(config),
@@ -95,16 +62,16 @@ func buildArtifact(spec artifactSpec) (config, manifest []byte, err error) {
 			Size:      spec.subject.Size,
 		},
 		Annotations: map[string]string{
-			AnnotationFormat:    FormatName,
-			AnnotationVersion:   FormatVersion,
-			AnnotationPlatform:  platforms.Format(spec.platform),
-			AnnotationChunkSize: fmt.Sprint(spec.chunkSize),
-			AnnotationCreated:   spec.created.UTC().Format(time.RFC3339),
+			artifact.AnnotationFormat:    artifact.FormatName,
+			artifact.AnnotationVersion:   artifact.FormatVersion,
+			artifact.AnnotationPlatform:  platforms.Format(spec.platform),
+			artifact.AnnotationChunkSize: fmt.Sprint(spec.chunkSize),
+			artifact.AnnotationCreated:   spec.created.UTC().Format(time.RFC3339),
 		},
 	}
 	m.SchemaVersion = 2
 	if spec.profile != "" {
-		m.Annotations[AnnotationPrefetch] = spec.profile
+		m.Annotations[artifact.AnnotationPrefetch] = spec.profile
 	}
 	for _, l := range spec.layers {
 		m.Layers = append(m.Layers, ocispec.Descriptor{
@@ -187,8 +154,8 @@ func isConvertibleLayer(mt string) bool {
 // type, and layers in the same count and order with the original digests recorded. The node
 // applies the same rule to referrers.
 func artifactMatches(s ocispec.Manifest, subject ocispec.Descriptor, m ocispec.Manifest) error {
-	if s.ArtifactType != ArtifactType {
-		return fmt.Errorf("artifactType is %q, not %q", s.ArtifactType, ArtifactType)
+	if s.ArtifactType != artifact.ArtifactType {
+		return fmt.Errorf("artifactType is %q, not %q", s.ArtifactType, artifact.ArtifactType)
 	}
 	if s.Subject == nil || s.Subject.Digest != subject.Digest {
 		return fmt.Errorf("its subject is not %s", subject.Digest)
@@ -197,10 +164,10 @@ func artifactMatches(s ocispec.Manifest, subject ocispec.Descriptor, m ocispec.M
 		return fmt.Errorf("it has %d layers, the image %d", len(s.Layers), len(m.Layers))
 	}
 	for i, l := range s.Layers {
-		if got := l.Annotations[AnnotationOriginalDigest]; got != m.Layers[i].Digest.String() {
+		if got := l.Annotations[artifact.AnnotationOriginalDigest]; got != m.Layers[i].Digest.String() {
 			return fmt.Errorf("layer %d was converted from %q, not from the image's %s", i, got, m.Layers[i].Digest)
 		}
-		if l.Annotations[AnnotationTOCDigest] == "" {
+		if l.Annotations[artifact.AnnotationTOCDigest] == "" {
 			return fmt.Errorf("layer %d has no TOC digest", i)
 		}
 	}

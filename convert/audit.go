@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -128,16 +129,16 @@ func (c *Converter) auditLayers(ctx context.Context, r imageRef, pm *platformMan
 
 // auditLayer downloads one artifact layer to a temporary file and checks it.
 func (c *Converter) auditLayer(ctx context.Context, r imageRef, l ocispec.Descriptor, originalDiffID, diffID digest.Digest) error {
-	if got := l.Annotations[AnnotationOriginalDiffID]; got != originalDiffID.String() {
+	if got := l.Annotations[artifact.AnnotationOriginalDiffID]; got != originalDiffID.String() {
 		return fmt.Errorf("annotated with original diff_id %q, the image's is %s", got, originalDiffID)
 	}
-	origSize, err := strconv.ParseInt(l.Annotations[AnnotationOriginalSize], 10, 64)
+	origSize, err := strconv.ParseInt(l.Annotations[artifact.AnnotationOriginalSize], 10, 64)
 	if err != nil {
-		return fmt.Errorf("bad %s annotation: %w", AnnotationOriginalSize, err)
+		return fmt.Errorf("bad %s annotation: %w", artifact.AnnotationOriginalSize, err)
 	}
-	tocDigest, err := digest.Parse(l.Annotations[AnnotationTOCDigest])
+	tocDigest, err := digest.Parse(l.Annotations[artifact.AnnotationTOCDigest])
 	if err != nil {
-		return fmt.Errorf("bad %s annotation: %w", AnnotationTOCDigest, err)
+		return fmt.Errorf("bad %s annotation: %w", artifact.AnnotationTOCDigest, err)
 	}
 	br, err := c.reg.BlobReader(ctx, r.name, l)
 	if err != nil {

@@ -8,12 +8,13 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 )
 
 // The binding index (see the package documentation): what the tag names once artifacts are
 // bound. It lists the same platform manifests with the same digests; each M that has an
-// artifact S carries AnnotationBinding=<digest of S>, and every S is listed too (so that
-// registry garbage collection keeps it) under a platform no node matches.
+// artifact S carries artifact.AnnotationBinding=<digest of S>, and every S is listed too (so
+// that registry garbage collection keeps it) under a platform no node matches.
 
 // unboundIndex returns the index im names without rill's bindings: its artifact entries
 // dropped and binding annotations removed. For a single manifest it is an index of that one
@@ -28,17 +29,17 @@ func unboundIndex(im *image) ocispec.Index {
 	idx.ArtifactType = im.index.ArtifactType
 	idx.Subject = im.index.Subject
 	idx.Annotations = maps.Clone(im.index.Annotations)
-	delete(idx.Annotations, AnnotationBoundFrom)
+	delete(idx.Annotations, artifact.AnnotationBoundFrom)
 	if len(idx.Annotations) == 0 {
 		idx.Annotations = nil
 	}
 	for _, d := range im.index.Manifests {
-		if d.ArtifactType == ArtifactType || (d.Platform != nil && platformEqual(*d.Platform, artifactPlatform) && d.Annotations[AnnotationSubject] != "") {
+		if d.ArtifactType == artifact.ArtifactType || (d.Platform != nil && platformEqual(*d.Platform, artifactPlatform) && d.Annotations[artifact.AnnotationSubject] != "") {
 			continue
 		}
-		if _, ok := d.Annotations[AnnotationBinding]; ok {
+		if _, ok := d.Annotations[artifact.AnnotationBinding]; ok {
 			d.Annotations = maps.Clone(d.Annotations)
-			delete(d.Annotations, AnnotationBinding)
+			delete(d.Annotations, artifact.AnnotationBinding)
 			if len(d.Annotations) == 0 {
 				d.Annotations = nil
 			}
@@ -51,7 +52,7 @@ func unboundIndex(im *image) ocispec.Index {
 // boundFrom is the digest of what the tag named before rill bound it.
 func boundFrom(im *image) digest.Digest {
 	if im.index != nil {
-		if d, err := digest.Parse(im.index.Annotations[AnnotationBoundFrom]); err == nil {
+		if d, err := digest.Parse(im.index.Annotations[artifact.AnnotationBoundFrom]); err == nil {
 			return d
 		}
 	}
@@ -65,7 +66,7 @@ func bindingIndex(im *image, bindings map[digest.Digest]ocispec.Descriptor) ([]b
 	if idx.Annotations == nil {
 		idx.Annotations = map[string]string{}
 	}
-	idx.Annotations[AnnotationBoundFrom] = boundFrom(im).String()
+	idx.Annotations[artifact.AnnotationBoundFrom] = boundFrom(im).String()
 	var artifacts []ocispec.Descriptor
 	for i, d := range idx.Manifests {
 		s, ok := bindings[d.Digest]
@@ -76,16 +77,16 @@ func bindingIndex(im *image, bindings map[digest.Digest]ocispec.Descriptor) ([]b
 		if d.Annotations == nil {
 			d.Annotations = map[string]string{}
 		}
-		d.Annotations[AnnotationBinding] = s.Digest.String()
+		d.Annotations[artifact.AnnotationBinding] = s.Digest.String()
 		idx.Manifests[i] = d
 		p := artifactPlatform
 		artifacts = append(artifacts, ocispec.Descriptor{
 			MediaType:    ocispec.MediaTypeImageManifest,
-			ArtifactType: ArtifactType,
+			ArtifactType: artifact.ArtifactType,
 			Digest:       s.Digest,
 			Size:         s.Size,
 			Platform:     &p,
-			Annotations:  map[string]string{AnnotationSubject: d.Digest.String()},
+			Annotations:  map[string]string{artifact.AnnotationSubject: d.Digest.String()},
 		})
 	}
 	idx.Manifests = append(idx.Manifests, artifacts...)

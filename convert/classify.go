@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 )
 
 // ManifestKind says what a manifest pushed to a registry is, as far as rill is concerned.
@@ -55,15 +56,15 @@ func ClassifyManifest(mediaType string, raw []byte) ManifestKind {
 	}
 	switch {
 	case isIndexType(mediaType) || (mediaType == "" && m.Manifests != nil):
-		if _, ok := m.Annotations[AnnotationBoundFrom]; ok {
+		if _, ok := m.Annotations[artifact.AnnotationBoundFrom]; ok {
 			return KindBinding
 		}
 		streaming, artifacts := len(m.Manifests) > 0, len(m.Manifests) > 0
 		for _, d := range m.Manifests {
-			if _, ok := d.Annotations[AnnotationBinding]; ok {
+			if _, ok := d.Annotations[artifact.AnnotationBinding]; ok {
 				return KindBinding
 			}
-			if d.ArtifactType != ArtifactType {
+			if d.ArtifactType != artifact.ArtifactType {
 				streaming = false
 			}
 			if d.ArtifactType == "" {
@@ -78,7 +79,7 @@ func ClassifyManifest(mediaType string, raw []byte) ManifestKind {
 		}
 		return KindImage
 	case isManifestType(mediaType) || (mediaType == "" && m.Config != nil):
-		if m.ArtifactType == ArtifactType || (m.Config != nil && m.Config.MediaType == ArtifactType) {
+		if m.ArtifactType == artifact.ArtifactType || (m.Config != nil && m.Config.MediaType == artifact.ArtifactType) {
 			return KindStreamingArtifact
 		}
 		if m.Config == nil || !isImageConfigType(m.Config.MediaType) {

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 )
 
 // CreateOptions are the choices of one Create.
@@ -80,7 +81,7 @@ func (c *Converter) Create(ctx context.Context, ref string, opts CreateOptions) 
 	res = &CreateResult{Reference: r.String()}
 	var profile string
 	if len(opts.Profile) > 0 {
-		if profile, res.ProfileKept, err = EncodeProfile(opts.Profile); err != nil {
+		if profile, res.ProfileKept, err = artifact.EncodeProfile(opts.Profile); err != nil {
 			return nil, err
 		}
 		if res.ProfileKept < len(opts.Profile) {
@@ -218,7 +219,7 @@ func (c *Converter) build(ctx context.Context, r imageRef, ms []*platformManifes
 		if ca.Artifact, err = c.reg.PushManifest(ctx, r.at(sd), ocispec.MediaTypeImageManifest, manifest); err != nil {
 			return nil, fmt.Errorf("push the artifact manifest: %w", err)
 		}
-		ca.Artifact.ArtifactType = ArtifactType
+		ca.Artifact.ArtifactType = artifact.ArtifactType
 		c.opts.log.WithFields(map[string]any{"platform": ca.Platform, "subject": pm.desc.Digest, "artifact": sd}).Info("pushed the streaming artifact")
 		out = append(out, ca)
 	}

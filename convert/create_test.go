@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/remote"
 )
@@ -67,7 +68,7 @@ func TestArtifactLifecycle(t *testing.T) {
 			if !st.Bound || len(st.Manifests) != 1 || len(st.Manifests[0].Artifacts) != 1 {
 				t.Fatalf("show: %+v", st)
 			}
-			if a := st.Manifests[0].Artifacts[0]; a.Descriptor.Digest != s.Digest || !a.Bound || a.Problem != "" || a.Platform != "linux/amd64" || a.ProfileEntries != len(profile) || a.Format != FormatName {
+			if a := st.Manifests[0].Artifacts[0]; a.Descriptor.Digest != s.Digest || !a.Bound || a.Problem != "" || a.Platform != "linux/amd64" || a.ProfileEntries != len(profile) || a.Format != artifact.FormatName {
 				t.Fatalf("show lists %+v", a)
 			}
 			audits, err := c.Verify(ctx, ref)
@@ -166,7 +167,7 @@ func TestCreateMultiArch(t *testing.T) {
 			}
 
 			// Unbinding puts back the original index, byte for byte.
-			origDigest := digest.Digest(idx.Annotations[AnnotationBoundFrom])
+			origDigest := digest.Digest(idx.Annotations[artifact.AnnotationBoundFrom])
 			if _, err := c.Delete(ctx, ref, true); err != nil {
 				t.Fatal(err)
 			}
@@ -192,16 +193,16 @@ func assertArtifact(t *testing.T, reg *remote.Registry, img *testImage, s ocispe
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m.ArtifactType != ArtifactType || m.Subject == nil || m.Subject.Digest != img.manifest.Digest || m.Subject.Size != img.manifest.Size {
+	if m.ArtifactType != artifact.ArtifactType || m.Subject == nil || m.Subject.Digest != img.manifest.Digest || m.Subject.Size != img.manifest.Size {
 		t.Fatalf("artifact type %q subject %+v", m.ArtifactType, m.Subject)
 	}
-	for k, v := range map[string]string{AnnotationFormat: FormatName, AnnotationVersion: FormatVersion, AnnotationPlatform: "linux/amd64"} {
+	for k, v := range map[string]string{artifact.AnnotationFormat: artifact.FormatName, artifact.AnnotationVersion: artifact.FormatVersion, artifact.AnnotationPlatform: "linux/amd64"} {
 		if m.Annotations[k] != v {
 			t.Errorf("annotation %s=%q, want %q", k, m.Annotations[k], v)
 		}
 	}
 	if profile != nil {
-		got, err := DecodeProfile(m.Annotations[AnnotationPrefetch])
+		got, err := artifact.DecodeProfile(m.Annotations[artifact.AnnotationPrefetch])
 		if err != nil || !slices.Equal(got, profile) {
 			t.Errorf("prefetch profile %v (%v), want %v", got, err, profile)
 		}
@@ -219,7 +220,7 @@ func assertArtifact(t *testing.T, reg *remote.Registry, img *testImage, s ocispe
 		t.Fatalf("%d layers, the image %d", len(m.Layers), len(img.tars))
 	}
 	for i, l := range m.Layers {
-		if l.Annotations[AnnotationOriginalDigest] != img.layers[i].Digest.String() || l.Annotations[AnnotationOriginalDiffID] != digest.FromBytes(img.tars[i]).String() {
+		if l.Annotations[artifact.AnnotationOriginalDigest] != img.layers[i].Digest.String() || l.Annotations[artifact.AnnotationOriginalDiffID] != digest.FromBytes(img.tars[i]).String() {
 			t.Errorf("layer %d annotations %v", i, l.Annotations)
 		}
 		blob := fetchBlob(t, reg, repo, l)
@@ -241,8 +242,8 @@ func assertArtifact(t *testing.T, reg *remote.Registry, img *testImage, s ocispe
 		if err != nil {
 			t.Fatalf("layer %d: the estargz reader refuses it: %v", i, err)
 		}
-		if r.TOCDigest().String() != l.Annotations[AnnotationTOCDigest] {
-			t.Errorf("layer %d: TOC digest %s, annotated %s", i, r.TOCDigest(), l.Annotations[AnnotationTOCDigest])
+		if r.TOCDigest().String() != l.Annotations[artifact.AnnotationTOCDigest] {
+			t.Errorf("layer %d: TOC digest %s, annotated %s", i, r.TOCDigest(), l.Annotations[artifact.AnnotationTOCDigest])
 		}
 		for _, e := range tarNames(t, img.tars[i]) {
 			if _, ok := r.Lookup(e); !ok {
@@ -281,7 +282,7 @@ func assertBinding(t *testing.T, reg *remote.Registry, ref string, bound map[dig
 	var gotManifests []digest.Digest
 	listed := map[digest.Digest]bool{}
 	for _, d := range idx.Manifests {
-		if d.ArtifactType == ArtifactType {
+		if d.ArtifactType == artifact.ArtifactType {
 			listed[d.Digest] = true
 			if d.Platform == nil || d.Platform.OS != "unknown" {
 				t.Errorf("artifact %s listed with platform %v", d.Digest, d.Platform)
@@ -289,7 +290,7 @@ func assertBinding(t *testing.T, reg *remote.Registry, ref string, bound map[dig
 			continue
 		}
 		gotManifests = append(gotManifests, d.Digest)
-		if want, got := bound[d.Digest], d.Annotations[AnnotationBinding]; want.String() != got && !(want == "" && got == "") {
+		if want, got := bound[d.Digest], d.Annotations[artifact.AnnotationBinding]; want.String() != got && !(want == "" && got == "") {
 			t.Errorf("manifest %s bound to %q, want %q", d.Digest, got, want)
 		}
 	}
@@ -308,7 +309,7 @@ func assertBinding(t *testing.T, reg *remote.Registry, ref string, bound map[dig
 
 func assertReferrers(t *testing.T, reg *remote.Registry, img *testImage, want []digest.Digest) {
 	t.Helper()
-	ds, err := reg.Referrers(testCtx(t), repoOf(img.ref), img.manifest.Digest, ArtifactType)
+	ds, err := reg.Referrers(testCtx(t), repoOf(img.ref), img.manifest.Digest, artifact.ArtifactType)
 	if err != nil {
 		t.Fatal(err)
 	}

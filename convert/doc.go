@@ -12,19 +12,21 @@
 // # Artifacts
 //
 // For an image manifest M (one platform), its streaming artifact S is an OCI image manifest
-// with subject = M, artifactType = ArtifactType, a runnable config (M's, with the diff_ids of
-// S's layers), M's layers converted in order (each annotated as Layer.Annotations says), and
-// the annotations AnnotationFormat, AnnotationVersion, AnnotationPlatform,
-// AnnotationChunkSize, AnnotationCreated and, when given, AnnotationPrefetch (the prefetch
-// profile; see profile.go for why it lives there).
+// with subject = M, artifactType = artifact.ArtifactType, a runnable config (M's, with the
+// diff_ids of S's layers), M's layers converted in order (each annotated as Layer.Annotations
+// says), and the annotations format, version, platform, chunk size, created and, when given,
+// the prefetch profile. Those names and the profile's encoding are the contract with the node,
+// defined once in package artifact (github.com/rillstream/rill/artifact), which also says why
+// the profile lives in the manifest.
 //
 // # Binding
 //
 // Converter.Create binds S to the tag: it pushes at the tag an index listing the same platform
-// manifests with unchanged digests, M's descriptor annotated AnnotationBinding=<digest of S>,
-// and S itself (so that garbage collection keeps it) under the platform unknown/unknown, which
-// no node selects, annotated with AnnotationSubject. The index records what the tag named
-// before (AnnotationBoundFrom), so that deleting the artifacts puts it back. The binding is
+// manifests with unchanged digests, M's descriptor annotated
+// artifact.AnnotationBinding=<digest of S>, and S itself (so that garbage collection keeps it)
+// under the platform unknown/unknown, which no node selects, annotated with
+// artifact.AnnotationSubject. The index records what the tag named before
+// (artifact.AnnotationBoundFrom), so that deleting the artifacts puts it back. The binding is
 // pushed only if the tag still names what was converted. Images named by digest get
 // referrers only.
 //

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/remote"
 )
@@ -200,7 +201,7 @@ func TestCreateDoesNotBindAMovedTag(t *testing.T) {
 	if d, err := reg.Resolve(testCtx(t), img.ref); err != nil || d.Digest != newer.manifest.Digest {
 		t.Errorf("the tag names %v (%v), want the newer push %s", d.Digest, err, newer.manifest.Digest)
 	}
-	ds, err := reg.Referrers(testCtx(t), host+"/app", img.manifest.Digest, ArtifactType)
+	ds, err := reg.Referrers(testCtx(t), host+"/app", img.manifest.Digest, artifact.ArtifactType)
 	if err != nil || len(ds) != 1 {
 		t.Errorf("the artifact of the converted image is not its referrer: %v %v", ds, err)
 	}

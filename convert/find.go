@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 )
 
 // Artifact is a streaming artifact S of one platform manifest M.
@@ -39,10 +40,10 @@ type Artifact struct {
 }
 
 // artifactsOf returns M's streaming artifacts: the one the tag binds, if any, and its
-// referrers of type ArtifactType, in the deterministic order of choice: usable before
+// referrers of type artifact.ArtifactType, in the deterministic order of choice: usable before
 // unusable, bound first, then newest created, then lowest digest.
 func (c *Converter) artifactsOf(ctx context.Context, ref imageRef, pm *platformManifest) ([]Artifact, error) {
-	refs, err := c.reg.Referrers(ctx, ref.name, pm.desc.Digest, ArtifactType)
+	refs, err := c.reg.Referrers(ctx, ref.name, pm.desc.Digest, artifact.ArtifactType)
 	if err != nil {
 		return nil, err
 	}
@@ -116,21 +117,21 @@ func (c *Converter) readArtifact(ctx context.Context, ref imageRef, pm *platform
 	a := Artifact{
 		Subject:    pm.desc,
 		Descriptor: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: m.ArtifactType, Digest: d.Digest, Size: d.Size},
-		Platform:   m.Annotations[AnnotationPlatform],
-		Format:     m.Annotations[AnnotationFormat],
-		Version:    m.Annotations[AnnotationVersion],
+		Platform:   m.Annotations[artifact.AnnotationPlatform],
+		Format:     m.Annotations[artifact.AnnotationFormat],
+		Version:    m.Annotations[artifact.AnnotationVersion],
 		Bound:      d.Digest == pm.bound,
 		Size:       d.Size + m.Config.Size,
 		manifest:   m,
 	}
-	if t, err := time.Parse(time.RFC3339, m.Annotations[AnnotationCreated]); err == nil {
+	if t, err := time.Parse(time.RFC3339, m.Annotations[artifact.AnnotationCreated]); err == nil {
 		a.Created = t
 	}
 	for _, l := range m.Layers {
 		a.Size += l.Size
 	}
-	if p := m.Annotations[AnnotationPrefetch]; p != "" {
-		if paths, err := DecodeProfile(p); err == nil {
+	if p := m.Annotations[artifact.AnnotationPrefetch]; p != "" {
+		if paths, err := artifact.DecodeProfile(p); err == nil {
 			a.ProfileEntries = len(paths)
 		}
 	}

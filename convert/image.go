@@ -13,6 +13,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 )
 
 // imageRef is a parsed image reference.
@@ -96,7 +97,7 @@ func (im *image) isBinding() bool {
 	if im.index == nil {
 		return false
 	}
-	if _, ok := im.index.Annotations[AnnotationBoundFrom]; ok {
+	if _, ok := im.index.Annotations[artifact.AnnotationBoundFrom]; ok {
 		return true
 	}
 	return slices.ContainsFunc(im.manifests, func(m *platformManifest) bool { return m.bound != "" })
@@ -122,11 +123,11 @@ func (c *Converter) loadImage(ctx context.Context, ref imageRef, want platforms.
 		}
 		im.index = &idx
 		for _, d := range idx.Manifests {
-			if d.ArtifactType == ArtifactType || d.Platform == nil || platformEqual(*d.Platform, artifactPlatform) || !isManifestType(d.MediaType) {
+			if d.ArtifactType == artifact.ArtifactType || d.Platform == nil || platformEqual(*d.Platform, artifactPlatform) || !isManifestType(d.MediaType) {
 				continue
 			}
 			pm := &platformManifest{desc: d, platform: *d.Platform}
-			if b, ok := d.Annotations[AnnotationBinding]; ok {
+			if b, ok := d.Annotations[artifact.AnnotationBinding]; ok {
 				pm.bound, _ = digest.Parse(b)
 			}
 			im.manifests = append(im.manifests, pm)
@@ -168,7 +169,7 @@ func (c *Converter) readManifest(ctx context.Context, ref imageRef, pm *platform
 		return fmt.Errorf("parse manifest %s: %w: %w", pm.desc.Digest, ErrUnsupportedMediaType, err)
 	}
 	m := pm.manifest
-	if m.ArtifactType == ArtifactType || m.Config.MediaType == ArtifactType {
+	if m.ArtifactType == artifact.ArtifactType || m.Config.MediaType == artifact.ArtifactType {
 		return fmt.Errorf("%s (%s) is a streaming artifact; name the image it streams: %w", ref, pm.desc.Digest, ErrIsStreamingArtifact)
 	}
 	if !isImageConfigType(m.Config.MediaType) {
@@ -209,7 +210,7 @@ func (pm *platformManifest) checkConvertible() error {
 		if !isConvertibleLayer(l.MediaType) {
 			return fmt.Errorf("layer %d (%s) of manifest %s is of media type %q; rill converts gzip and plain tar layers: %w", i, l.Digest, pm.desc.Digest, l.MediaType, ErrUnsupportedMediaType)
 		}
-		if l.Annotations[AnnotationTOCDigest] != "" {
+		if l.Annotations[artifact.AnnotationTOCDigest] != "" {
 			estargz++
 		}
 	}

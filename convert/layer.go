@@ -13,22 +13,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
-)
-
-// Annotations a converted layer carries in the streaming artifact's manifest.
-const (
-	// AnnotationTOCDigest is the digest of the layer's TOC JSON (the eStargz convention, read
-	// by every eStargz-aware snapshotter).
-	AnnotationTOCDigest = "containerd.io/snapshot/stargz/toc.digest"
-	// AnnotationUncompressedSize is the uncompressed size of the whole eStargz layer.
-	AnnotationUncompressedSize = "io.containers.estargz.uncompressed-size"
-	// AnnotationOriginalDigest is the digest of the original (compressed) layer.
-	AnnotationOriginalDigest = "dev.rill.streaming.v1.original.digest"
-	// AnnotationOriginalDiffID is the original layer's diff_id: the sha256 of its tar bytes.
-	AnnotationOriginalDiffID = "dev.rill.streaming.v1.original.diffid"
-	// AnnotationOriginalSize is the length of the original's tar bytes: the prefix of the
-	// decompressed eStargz layer that must hash to the original diff_id.
-	AnnotationOriginalSize = "dev.rill.streaming.v1.original.uncompressed-size"
+	"github.com/rillstream/rill/artifact"
 )
 
 // LayerOptions tunes the conversion. Zero values choose the defaults.
@@ -82,11 +67,11 @@ type Layer struct {
 // originalDigest is the digest of the layer it was converted from.
 func (l Layer) Annotations(originalDigest digest.Digest) map[string]string {
 	return map[string]string{
-		AnnotationTOCDigest:        l.TOCDigest.String(),
-		AnnotationUncompressedSize: fmt.Sprint(l.UncompressedSize),
-		AnnotationOriginalDigest:   originalDigest.String(),
-		AnnotationOriginalDiffID:   l.OriginalDiffID.String(),
-		AnnotationOriginalSize:     fmt.Sprint(l.OriginalSize),
+		artifact.AnnotationTOCDigest:        l.TOCDigest.String(),
+		artifact.AnnotationUncompressedSize: fmt.Sprint(l.UncompressedSize),
+		artifact.AnnotationOriginalDigest:   originalDigest.String(),
+		artifact.AnnotationOriginalDiffID:   l.OriginalDiffID.String(),
+		artifact.AnnotationOriginalSize:     fmt.Sprint(l.OriginalSize),
 	}
 }
 

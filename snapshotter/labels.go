@@ -7,13 +7,14 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 )
 
 // Labels containerd passes on Prepare that name the image and layer being unpacked.
 const (
 	// labelTOCDigest is the eStargz TOC digest of a layer: an annotation of the layer in its
 	// manifest, passed through by containerd because of its containerd.io/snapshot/ prefix.
-	labelTOCDigest = "containerd.io/snapshot/stargz/toc.digest"
+	labelTOCDigest = artifact.AnnotationTOCDigest
 	// The "remote" dialect of other lazy-pull clients (stargz-snapshotter's).
 	labelRemoteRef       = "containerd.io/snapshot/remote/stargz.reference"
 	labelRemoteDigest    = "containerd.io/snapshot/remote/stargz.digest"

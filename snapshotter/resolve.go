@@ -16,8 +16,16 @@ import (
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/remote"
+)
+
+// Reasons a layer streams.
+const (
+	reasonEStargz  = "estargz"
+	reasonBound    = "bound-artifact"
+	reasonReferrer = "referrer"
 )
 
 // Trust modes for streaming artifacts found only as referrers.
@@ -109,7 +117,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 		return RemoteLayer{}, NotStreamable("layer-not-in-manifest")
 	}
 	layer := img.manifest.Layers[i]
-	if toc := layer.Annotations[annotationTOCDigest]; toc != "" {
+	if toc := layer.Annotations[artifact.AnnotationTOCDigest]; toc != "" {
 		d, err := digest.Parse(toc)
 		if err != nil {
 			return RemoteLayer{}, NotStreamable("bad-toc-annotation")
@@ -120,7 +128,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 		return RemoteLayer{}, NotStreamable(img.reason)
 	}
 	streamed := img.artifact.Layers[i]
-	d, err := digest.Parse(streamed.Annotations[annotationTOCDigest])
+	d, err := digest.Parse(streamed.Annotations[artifact.AnnotationTOCDigest])
 	if err != nil {
 		return RemoteLayer{}, NotStreamable("bad-toc-annotation")
 	}
@@ -133,11 +141,11 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 // originalOf reads what an artifact layer must decompress to; nil when its annotations do not
 // say (the layer then is not verified against the original).
 func originalOf(layer ocispec.Descriptor) *rillfs.Original {
-	d, err := digest.Parse(layer.Annotations[annotationOriginalDiffID])
+	d, err := digest.Parse(layer.Annotations[artifact.AnnotationOriginalDiffID])
 	if err != nil {
 		return nil
 	}
-	n, err := strconv.ParseInt(layer.Annotations[annotationOriginalSize], 10, 64)
+	n, err := strconv.ParseInt(layer.Annotations[artifact.AnnotationOriginalSize], 10, 64)
 	if err != nil || n < 0 {
 		return nil
 	}
@@ -307,8 +315,8 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 
 	// A bound artifact: the index at the pulled reference names it for M.
 	if index != nil {
-		if d, ok := findManifest(index, mDesc.Digest); ok && d.Annotations[annotationBinding] != "" {
-			art, err := r.artifact(ctx, img, mDesc.Digest, d.Annotations[annotationBinding], index)
+		if d, ok := findManifest(index, mDesc.Digest); ok && d.Annotations[artifact.AnnotationBinding] != "" {
+			art, err := r.artifact(ctx, img, mDesc.Digest, d.Annotations[artifact.AnnotationBinding], index)
 			if err != nil {
 				entry.WithError(err).Warn("bound streaming artifact unusable")
 				img.reason = "bound-artifact-invalid"
@@ -323,7 +331,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 		img.reason = "no-bound-artifact"
 		return img, nil
 	}
-	refs, err := r.reg.Referrers(ctx, img.repo, mDesc.Digest, artifactType)
+	refs, err := r.reg.Referrers(ctx, img.repo, mDesc.Digest, artifact.ArtifactType)
 	if err != nil {
 		entry.WithError(err).Warn("cannot list referrers")
 		img.reason = "referrers-error"
@@ -378,17 +386,17 @@ func (r *RegistryResolver) artifact(ctx context.Context, img *image, m digest.Di
 	if art.Subject == nil || art.Subject.Digest != m {
 		return nil, fmt.Errorf("artifact %s does not name %s as its subject", sd, m)
 	}
-	if art.ArtifactType != artifactType {
-		return nil, fmt.Errorf("artifact %s is of type %q, not %s", sd, art.ArtifactType, artifactType)
+	if art.ArtifactType != artifact.ArtifactType {
+		return nil, fmt.Errorf("artifact %s is of type %q, not %s", sd, art.ArtifactType, artifact.ArtifactType)
 	}
 	if len(art.Layers) != len(img.manifest.Layers) {
 		return nil, fmt.Errorf("artifact %s has %d layers, the image %d", sd, len(art.Layers), len(img.manifest.Layers))
 	}
 	for i, l := range art.Layers {
-		if l.Annotations[annotationOriginalDigest] != img.manifest.Layers[i].Digest.String() {
-			return nil, fmt.Errorf("artifact %s layer %d converts %s, not the image's %s", sd, i, l.Annotations[annotationOriginalDigest], img.manifest.Layers[i].Digest)
+		if l.Annotations[artifact.AnnotationOriginalDigest] != img.manifest.Layers[i].Digest.String() {
+			return nil, fmt.Errorf("artifact %s layer %d converts %s, not the image's %s", sd, i, l.Annotations[artifact.AnnotationOriginalDigest], img.manifest.Layers[i].Digest)
 		}
-		if l.Annotations[annotationTOCDigest] == "" {
+		if l.Annotations[artifact.AnnotationTOCDigest] == "" {
 			return nil, fmt.Errorf("artifact %s layer %d has no TOC digest", sd, i)
 		}
 	}
@@ -406,11 +414,11 @@ func (r *RegistryResolver) selectPlatform(index *ocispec.Index) (ocispec.Descrip
 
 // profile decodes the artifact's prefetch profile; a broken one only costs prefetch.
 func (r *RegistryResolver) profile(ctx context.Context, art *ocispec.Manifest) []string {
-	encoded := art.Annotations[annotationPrefetch]
+	encoded := art.Annotations[artifact.AnnotationPrefetch]
 	if encoded == "" {
 		return nil
 	}
-	paths, err := decodeProfile(encoded)
+	paths, err := artifact.DecodeProfile(encoded)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("streaming artifact's prefetch profile ignored")
 		return nil

@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/remote"
@@ -100,7 +101,7 @@ func (r *testRegistry) pushImage(t *testing.T, repo string, platform ocispec.Pla
 			if err != nil {
 				t.Fatal(err)
 			}
-			data, diffID, annotations = blob.Bytes(), l.DiffID, map[string]string{annotationTOCDigest: l.TOCDigest.String()}
+			data, diffID, annotations = blob.Bytes(), l.DiffID, map[string]string{artifact.AnnotationTOCDigest: l.TOCDigest.String()}
 		}
 		img.manifest.Layers = append(img.manifest.Layers, r.pushBlob(t, repo, ocispec.MediaTypeImageLayerGzip, data, annotations))
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
@@ -121,7 +122,7 @@ func (r *testRegistry) pushArtifact(t *testing.T, repo string, img *testImage, c
 	t.Helper()
 	art := ocispec.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
-		ArtifactType: artifactType, Config: img.manifest.Config,
+		ArtifactType: artifact.ArtifactType, Config: img.manifest.Config,
 		Subject: &ocispec.Descriptor{MediaType: img.manifestDesc.MediaType, Digest: img.manifestDesc.Digest, Size: img.manifestDesc.Size},
 	}
 	for i, l := range img.manifest.Layers {
@@ -136,7 +137,7 @@ func (r *testRegistry) pushArtifact(t *testing.T, repo string, img *testImage, c
 			original = digest.FromString("another layer").String()
 		}
 		art.Layers = append(art.Layers, r.pushBlob(t, repo, ocispec.MediaTypeImageLayerGzip, blob.Bytes(), map[string]string{
-			annotationTOCDigest: conv.TOCDigest.String(), annotationOriginalDigest: original,
+			artifact.AnnotationTOCDigest: conv.TOCDigest.String(), artifact.AnnotationOriginalDigest: original,
 		}))
 	}
 	b, _ := json.Marshal(art)
@@ -152,7 +153,7 @@ func (r *testRegistry) tagIndex(t *testing.T, ref string, bind bool, imgs ...*te
 	for _, img := range imgs {
 		d := img.manifestDesc
 		if bind && img.artifactDesc.Digest != "" {
-			d.Annotations = map[string]string{annotationBinding: img.artifactDesc.Digest.String()}
+			d.Annotations = map[string]string{artifact.AnnotationBinding: img.artifactDesc.Digest.String()}
 			idx.Manifests = append(idx.Manifests, d, img.artifactDesc)
 			continue
 		}
@@ -232,8 +233,8 @@ func TestRegistryResolverDecisions(t *testing.T) {
 			if c.wantReason != reasonEStargz {
 				want = c.img.artifact.Layers[c.layer]
 			}
-			if layer.Desc.Digest != want.Digest || layer.TOCDigest.String() != want.Annotations[annotationTOCDigest] {
-				t.Fatalf("streams %s (TOC %s), want %s (TOC %s)", layer.Desc.Digest, layer.TOCDigest, want.Digest, want.Annotations[annotationTOCDigest])
+			if layer.Desc.Digest != want.Digest || layer.TOCDigest.String() != want.Annotations[artifact.AnnotationTOCDigest] {
+				t.Fatalf("streams %s (TOC %s), want %s (TOC %s)", layer.Desc.Digest, layer.TOCDigest, want.Digest, want.Annotations[artifact.AnnotationTOCDigest])
 			}
 			// The blob reads from the registry.
 			buf := make([]byte, 2)

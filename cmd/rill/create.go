@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/convert/operation"
 	"github.com/rillstream/rill/convert/watch"
@@ -63,7 +64,7 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return fmt.Errorf("--prefetch-profile: %w: %w", err, errUsage)
 		}
-		opts.Profile, err = convert.ParseProfile(f)
+		opts.Profile, err = artifact.ParseProfile(f)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("--prefetch-profile %s: %w: %w", profile, err, errUsage)

@@ -9,6 +9,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/convert/internal/regtest"
 	"github.com/rillstream/rill/convert/operation"
@@ -95,10 +96,10 @@ func TestTwoWatchersSameEvents(t *testing.T) {
 			bound := ""
 			for _, d := range idx.Manifests {
 				if d.Digest == m.Digest {
-					bound = d.Annotations[convert.AnnotationBinding]
+					bound = d.Annotations[artifact.AnnotationBinding]
 				}
 			}
-			arts, err := f.reg.Referrers(ctx, repo, m.Digest, convert.ArtifactType)
+			arts, err := f.reg.Referrers(ctx, repo, m.Digest, artifact.ArtifactType)
 			if err != nil {
 				t.Fatal(err)
 			}

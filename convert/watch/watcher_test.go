@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/convert/internal/regtest"
 	"github.com/rillstream/rill/convert/operation"
@@ -162,7 +163,7 @@ func TestWatchWebhook(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.notify(t, bound.MediaType, "team/app", "v1", bound.Digest, bound.Size)
-			arts, err := f.reg.Referrers(ctx2, f.host+"/team/app", m.Digest, convert.ArtifactType)
+			arts, err := f.reg.Referrers(ctx2, f.host+"/team/app", m.Digest, artifact.ArtifactType)
 			if err != nil || len(arts) != 1 {
 				t.Fatalf("referrers of %s: %v (%v)", m.Digest, arts, err)
 			}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/test/harness"
 )
 
@@ -194,7 +194,7 @@ func (bn *bench) collectProfile(ctx context.Context, env *harness.Env, podID str
 		return nil, err
 	}
 	defer f.Close()
-	paths, err := convert.ParseProfile(f)
+	paths, err := artifact.ParseProfile(f)
 	if err != nil {
 		return nil, fmt.Errorf("the profile rill-snapshotter recorded: %w", err)
 	}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/test/harness"
 	"github.com/rillstream/rill/test/images"
 )
@@ -164,7 +164,7 @@ func readProfile(file string) ([]string, error) {
 		return nil, fmt.Errorf("--profile: %w", err)
 	}
 	defer f.Close()
-	paths, err := convert.ParseProfile(f)
+	paths, err := artifact.ParseProfile(f)
 	if err != nil {
 		return nil, fmt.Errorf("--profile %s: %w", file, err)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rillstream/rill/convert"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/snapshotter"
 	"github.com/rillstream/rill/test/harness"
 )
@@ -55,7 +55,7 @@ func testRecordedProfile(t *testing.T, env *harness.Env, img pushedImage, rill f
 	if err != nil {
 		t.Fatal(err)
 	}
-	recorded, err := convert.ParseProfile(f)
+	recorded, err := artifact.ParseProfile(f)
 	f.Close()
 	if err != nil {
 		t.Fatalf("rill create would refuse the profile rill recorded: %v", err)

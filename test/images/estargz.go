@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/test/harness"
 )
@@ -48,8 +49,8 @@ func EStargz(ctx context.Context, img *TestImage, dir string) (*TestImage, error
 		out.Spec.Layers = append(out.Spec.Layers, &harness.Layer{
 			Path: path, Digest: digest, DiffID: diffID, Size: conv.Size,
 			Annotations: map[string]string{
-				convert.AnnotationTOCDigest:        conv.TOCDigest.String(),
-				convert.AnnotationUncompressedSize: fmt.Sprint(conv.UncompressedSize),
+				artifact.AnnotationTOCDigest:        conv.TOCDigest.String(),
+				artifact.AnnotationUncompressedSize: fmt.Sprint(conv.UncompressedSize),
 			},
 		})
 	}

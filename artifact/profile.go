@@ -1,4 +1,4 @@
-package convert
+package artifact
 
 import (
 	"bufio"
@@ -11,6 +11,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // The prefetch profile is the list of paths an image reads at start, in first-access order.
@@ -33,14 +34,26 @@ import (
 // registries accept.
 const MaxProfileSize = 512 << 10
 
+// maxDecodedProfileSize bounds the decoded profile (its JSON): EncodeProfile writes no more,
+// and DecodeProfile refuses more, so that a small annotation cannot make a node inflate a
+// gzip bomb.
+const maxDecodedProfileSize = 16 << 20
+
+// maxProfileFileSize bounds the profile file ParseProfile reads.
+const maxProfileFileSize = 64 << 20
+
 // ParseProfile reads a prefetch profile: a JSON array of paths, a JSON object with a "paths"
 // array (as rill's node side records it), or plain text with one path per line ("#" starts a
 // comment line). Paths are made relative to the image root ("/usr/bin/x" and "./usr/bin/x"
-// are "usr/bin/x"); duplicates keep their first position. Paths with ".." are refused.
+// are "usr/bin/x"); duplicates keep their first position. Paths with "..", a NUL byte or
+// bytes that are not UTF-8 (which the JSON encoding cannot carry) are refused.
 func ParseProfile(r io.Reader) ([]string, error) {
-	b, err := io.ReadAll(io.LimitReader(r, 64<<20))
+	b, err := io.ReadAll(io.LimitReader(r, maxProfileFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read prefetch profile: %w", err)
+	}
+	if len(b) > maxProfileFileSize {
+		return nil, fmt.Errorf("the prefetch profile is larger than %d MiB", maxProfileFileSize>>20)
 	}
 	var raw []string
 	trimmed := bytes.TrimSpace(b)
@@ -81,6 +94,9 @@ func normalizeProfile(raw []string) ([]string, error) {
 		if strings.ContainsRune(p, 0) {
 			return nil, fmt.Errorf("prefetch profile entry %d holds a NUL byte", i+1)
 		}
+		if !utf8.ValidString(p) {
+			return nil, fmt.Errorf("prefetch profile entry %d (%q) is not UTF-8", i+1, p)
+		}
 		for _, c := range strings.Split(p, "/") {
 			if c == ".." {
 				return nil, fmt.Errorf("prefetch profile entry %d (%q) leaves the image root", i+1, p)
@@ -100,45 +116,66 @@ func normalizeProfile(raw []string) ([]string, error) {
 }
 
 // EncodeProfile encodes paths for AnnotationPrefetch. When the encoding would exceed
-// MaxProfileSize, the last paths are dropped; kept says how many remain.
+// MaxProfileSize (or decode to more than DecodeProfile accepts), the last paths are dropped;
+// kept says how many remain. Paths that are not UTF-8 are refused: JSON would change them.
 func EncodeProfile(paths []string) (encoded string, kept int, err error) {
+	for i, p := range paths {
+		if !utf8.ValidString(p) {
+			return "", 0, fmt.Errorf("prefetch profile entry %d (%q) is not UTF-8", i+1, p)
+		}
+	}
 	kept = len(paths)
 	for {
-		s, err := encodeProfile(paths[:kept])
+		s, decoded, err := encodeProfile(paths[:kept])
 		if err != nil {
 			return "", 0, err
 		}
-		if len(s) <= MaxProfileSize {
+		var ratio float64
+		switch {
+		case decoded > maxDecodedProfileSize:
+			ratio = float64(maxDecodedProfileSize) / float64(decoded)
+		case len(s) > MaxProfileSize:
+			ratio = float64(MaxProfileSize) / float64(len(s))
+		default:
 			return s, kept, nil
 		}
-		// Shrink in proportion, with a margin: compression is close to linear in the count.
-		kept = int(float64(kept) * float64(MaxProfileSize) / float64(len(s)) * 0.95)
+		// Shrink in proportion, with a margin: both sizes are close to linear in the count.
+		kept = int(float64(kept) * ratio * 0.95)
 		if kept == 0 {
 			return "", 0, errors.New("not even one path of the prefetch profile fits")
 		}
 	}
 }
 
-func encodeProfile(paths []string) (string, error) {
+// encodeProfile returns the encoding of paths and the length of their JSON; only the length
+// when it is over the bound.
+func encodeProfile(paths []string) (string, int, error) {
+	if paths == nil {
+		paths = []string{} // "[]", not "null"
+	}
 	js, err := json.Marshal(paths)
 	if err != nil {
-		return "", err
+		return "", 0, err
+	}
+	if len(js) > maxDecodedProfileSize {
+		return "", len(js), nil
 	}
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if _, err := zw.Write(js); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if err := zw.Close(); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
+	return base64.StdEncoding.EncodeToString(buf.Bytes()), len(js), nil
 }
 
-// DecodeProfile decodes an AnnotationPrefetch value into its paths.
+// DecodeProfile decodes an AnnotationPrefetch value into its paths. A profile that decodes
+// to more than 16 MiB of JSON is refused.
 func DecodeProfile(encoded string) ([]string, error) {
 	z, err := base64.StdEncoding.DecodeString(encoded)
 	if err != nil {
@@ -148,9 +185,12 @@ func DecodeProfile(encoded string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode prefetch profile: %w", err)
 	}
-	js, err := io.ReadAll(io.LimitReader(zr, 64<<20))
+	js, err := io.ReadAll(io.LimitReader(zr, maxDecodedProfileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("decode prefetch profile: %w", err)
+	}
+	if len(js) > maxDecodedProfileSize {
+		return nil, fmt.Errorf("decode prefetch profile: larger than %d MiB decoded", maxDecodedProfileSize>>20)
 	}
 	var paths []string
 	if err := json.Unmarshal(js, &paths); err != nil {
