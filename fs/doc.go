@@ -20,8 +20,12 @@
 // it; each open of a file holds its cache.File, keyed by the blob offset of the file's first
 // chunk, so nothing a reader uses is evicted under it. A chunk not cached is read from the
 // blob (one range: its gzip member), decompressed, checked against its digest, stored in the
-// cache and returned; concurrent reads of one missing chunk share one fetch. A chunk that
-// fails the check is fetched once more; if it fails again the read gets EIO. Unverified
+// cache and returned. A miss brings along, in the same request, what is likely read next: a
+// sequential reader's following chunks (read-ahead, in a window that grows), else the rest of
+// a small file and the files that follow it in the blob (files used together sit together);
+// a read at random inside a large file fetches its chunk alone. Each fetch claims every chunk
+// it brings, so a read of one of them waits for it: no byte is fetched twice at once. A chunk
+// that fails the check is fetched once more; if it fails again the read gets EIO. Unverified
 // bytes are never returned, nor stored; a failure of the cache only costs a fetch.
 //
 // Reads come first. Their requests are on-demand for the registry's scheduler (remote's

@@ -126,21 +126,29 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 // maxReadAhead bounds the read-ahead window of a sequential reader.
 const maxReadAhead = 8 << 20
 
+// sequentialSlack is how far from where the last read ended a read may start and still
+// count as sequential: the kernel sends a sequential reader's reads (up to 128 KiB each, its
+// own read-ahead among them) a few at a time, and they reach the filesystem in any order.
+const sequentialSlack = 256 << 10
+
 // readAhead returns how far to read ahead for a read at off: nothing for a random read; for
 // a sequential one a window that doubles with each read, up to maxReadAhead.
 func (h *fileHandle) readAhead(off int64, n int) int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sequential := off == h.next && off > 0
-	h.next = off + int64(n)
+	sequential := off > 0 && h.next > 0 && off >= h.next-sequentialSlack && off <= h.next+sequentialSlack
+	end := off + int64(n)
 	switch {
 	case !sequential:
 		h.ahead = 0
+		h.next = end
+		return 0
 	case h.ahead == 0:
 		h.ahead = 1 << 20
 	default:
 		h.ahead = min(2*h.ahead, maxReadAhead)
 	}
+	h.next = max(h.next, end)
 	return h.ahead
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rillstream/rill/cache"
+	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/internal/testlayer"
 )
 
@@ -34,6 +35,7 @@ func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := copy(p, b.data[off:])
 	b.bytes.Add(int64(n))
+
 	return n, nil
 }
 
@@ -44,8 +46,15 @@ func mountWithCache(t *testing.T, entries []testlayer.Entry, blob *switchableBlo
 
 func mountWithCacheOpts(t *testing.T, entries []testlayer.Entry, blob *switchableBlob, opts MountOptions) *Mounted {
 	t.Helper()
-	requireRoot(t)
 	data, l := convertedBlob(t, entries)
+	return mountConverted(t, data, l, blob, opts)
+}
+
+// mountConverted mounts a converted layer whose bytes blob serves (it sets blob.data), with a
+// cache of its own.
+func mountConverted(t *testing.T, data []byte, l convert.Layer, blob *switchableBlob, opts MountOptions) *Mounted {
+	t.Helper()
+	requireRoot(t)
 	blob.data = data
 	ctx := context.Background()
 	toc, err := LoadTOC(ctx, bytes.NewReader(data), int64(len(data)), l.TOCDigest, Limits{})

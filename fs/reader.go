@@ -43,66 +43,62 @@ type chunkReader struct {
 // of bytes on a 100 Mbit/s, 20 ms link.
 const neighbourWindow = 256 << 10
 
-// readNeighbours fetches chunk c with the chunks that follow it in the blob (other files
-// included) while they are missing from the cache, up to neighbourWindow compressed bytes, in
-// one request; it stores them and returns c's bytes. Any failure is returned for the caller
-// to fall back to a plain read of c.
-func (r *chunkReader) readNeighbours(ctx context.Context, c Chunk) ([]byte, error) {
+// spanChunk is a chunk that a fetch brings along with the chunk it was started for.
+type spanChunk struct {
+	chunk  Chunk
+	cf     *cache.File // where it is stored
+	opened bool        // cf was opened for the fetch: it closes it
+	flight *flight     // claimed for the chunk: landed once it is stored, or not fetched
+}
+
+// planNeighbours returns the chunks that follow chunk c of file n in the blob and that a miss
+// of c fetches along: files used together sit together, so a miss brings along the rest of
+// a small file and the files that follow it, while they are missing from the cache and not
+// being fetched, up to neighbourWindow compressed bytes. A large file read at random is read
+// in places: a miss inside it brings along nothing (a sequential reader gets read-ahead
+// instead); a miss of its last chunk brings along the files that follow. cf is n's cached
+// content. It claims the flights of the chunks it returns.
+func (r *chunkReader) planNeighbours(n *Node, i int, cf *cache.File) []spanChunk {
+	c := n.Chunks[i]
+	last := n.Chunks[len(n.Chunks)-1]
+	if last.BlobEnd-n.Chunks[0].BlobOffset > neighbourWindow && i < len(n.Chunks)-1 {
+		return nil
+	}
 	segs := r.neighbours
 	k := sort.Search(len(segs), func(i int) bool { return segs[i].start >= c.BlobOffset })
 	if k == len(segs) || segs[k].start != c.BlobOffset {
-		return nil, errors.New("chunk not among the segments")
+		return nil
 	}
-	j := k + 1
-	for ; j < len(segs) && segs[j].start == segs[j-1].end && segs[j].end-c.BlobOffset <= neighbourWindow; j++ {
-		if r.segmentCached(segs[j]) {
-			break
-		}
-	}
-	if j == k+1 {
-		return nil, errors.New("no neighbour to fetch")
-	}
-	r.startReading()
-	defer r.reading.Add(-1)
-	start, end := c.BlobOffset, segs[j-1].end
-	buf := make([]byte, end-start)
-	if _, err := readFull(ctx, r.blob, buf, start); err != nil {
-		return nil, err
-	}
-	r.metrics.fetchedOnDemand.Add(float64(len(buf)))
-	var out []byte
-	for i := k; i < j; i++ {
-		s := segs[i]
-		data, extra, err := decompressSegment(buf[s.start-start:s.end-start], *s.chunk)
-		if err != nil {
-			if i == k {
-				return nil, err
+	var span []spanChunk
+	for j := k + 1; j < len(segs) && segs[j].start == segs[j-1].end && segs[j].end-c.BlobOffset <= neighbourWindow; j++ {
+		s := segs[j]
+		sc := spanChunk{chunk: *s.chunk, cf: cf}
+		if s.node != n {
+			key, _ := cacheKey(s.node)
+			f, err := r.cache.File(key, s.node.Size)
+			if err != nil {
+				break // no place to put it: do not fetch it
 			}
+			sc.cf, sc.opened = f, true
+		}
+		if len(sc.cf.Missing(sc.chunk.Offset, sc.chunk.Size)) == 0 {
+			sc.close()
 			break
 		}
-		r.storeExtra(s.start, extra)
-		if i == k {
-			out = data
-			continue
+		if sc.flight = r.flights.claim(sc.chunk.BlobOffset); sc.flight == nil {
+			sc.close()
+			break
 		}
-		key, _ := cacheKey(s.node)
-		if f, err := r.cache.File(key, s.node.Size); err == nil {
-			r.store(f, *s.chunk, data)
-			f.Close()
-		}
+		span = append(span, sc)
 	}
-	return out, nil
+	return span
 }
 
-// segmentCached reports whether a chunk segment's bytes are in the cache.
-func (r *chunkReader) segmentCached(s segment) bool {
-	key, _ := cacheKey(s.node)
-	f, err := r.cache.File(key, s.node.Size)
-	if err != nil {
-		return true // no place to put it: do not fetch it
+// close closes the cached file the fetch opened for the chunk.
+func (sc spanChunk) close() {
+	if sc.opened {
+		sc.cf.Close()
 	}
-	defer f.Close()
-	return len(f.Missing(s.chunk.Offset, s.chunk.Size)) == 0
 }
 
 // yieldPoll is how often background work checks whether reads are still fetching.
@@ -250,85 +246,123 @@ func (r *chunkReader) readCached(cf *cache.File, p []byte, off int64) bool {
 	return err == nil
 }
 
-// fetch returns chunk c's verified bytes, fetched from the blob and stored in cf (if not
-// nil). Concurrent fetches of c are one: the reads that join a fetch in flight wait for it.
+// fetch returns chunk i of n's verified bytes, fetched from the blob and stored in cf (if
+// not nil). Concurrent fetches of a chunk are one: a read of a chunk that a fetch in flight
+// brings — whether for another read of it, or along with another chunk — waits for it.
 func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) (fetched, error) {
 	c := n.Chunks[i]
 	for {
-		res, err, joined := r.flights.do(ctx, c.BlobOffset, func() (fetched, error) {
-			// A flight that has just landed may have stored c since this read missed it.
-			if cf != nil && len(cf.Missing(c.Offset, c.Size)) == 0 {
-				data := make([]byte, c.Size)
-				if r.readCached(cf, data, c.Offset) {
-					return fetched{data: data, cached: true}, nil
-				}
-			}
-			if ahead > 0 && cf != nil {
-				if data, err := r.readRun(ctx, n, i, cf, ahead); err == nil {
-					return fetched{data: data}, nil
-				}
-			} else if cf != nil && r.neighbours != nil {
-				if data, err := r.readNeighbours(ctx, c); err == nil {
-					return fetched{data: data}, nil
-				}
-			}
-			data, err := r.read(ctx, c)
-			return fetched{data: data}, err
-		}, func(res fetched) {
-			if !res.cached {
-				r.store(cf, c, res.data)
-			}
-		})
-		if err != nil && joined && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-			// The read that led the fetch gave up (its timeout or an interrupt): this one
-			// still wants the chunk, so it leads a new fetch.
+		f, lead := r.flights.join(c.BlobOffset)
+		if lead {
+			res, err := r.lead(ctx, n, i, cf, ahead)
+			r.flights.land(c.BlobOffset, f, res, err)
+			return res, err
+		}
+		res, err := f.wait(ctx, c.BlobOffset)
+		if err != nil && ctx.Err() == nil && (errors.Is(err, errNotFetched) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// The read that led the fetch gave up (its timeout or an interrupt), or the fetch
+			// that was to bring the chunk along did not: this read still wants the chunk, so
+			// it leads a new fetch.
 			continue
 		}
 		return res, err
 	}
 }
 
-// readRun fetches chunk i of n with the following chunks not yet local, up to ahead
-// compressed bytes, in one request; it stores the following ones and returns chunk i's bytes.
-// Any failure is returned for the caller to fall back to a plain read of chunk i.
-func (r *chunkReader) readRun(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) ([]byte, error) {
+// lead fetches chunk i of n for a read that leads its flight, with the chunks that follow it
+// when they are wanted (read-ahead of ahead compressed bytes for a sequential reader, else
+// the neighbours), and stores it in cf.
+func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) (fetched, error) {
+	c := n.Chunks[i]
+	// A flight that has just landed may have stored c since this read missed it.
+	if cf != nil && len(cf.Missing(c.Offset, c.Size)) == 0 {
+		data := make([]byte, c.Size)
+		if r.readCached(cf, data, c.Offset) {
+			return fetched{data: data, cached: true}, nil
+		}
+	}
+	var following []spanChunk
+	switch {
+	case cf == nil:
+	case ahead > 0:
+		following = r.planRun(n, i, cf, ahead)
+	case r.neighbours != nil:
+		following = r.planNeighbours(n, i, cf)
+	}
+	var data []byte
+	err := errNotFetched
+	if len(following) > 0 {
+		data, err = r.readSpan(ctx, c, following)
+	}
+	if err != nil {
+		// Alone, or once more if the fetch of the span failed: read retries a chunk that
+		// fails verification.
+		data, err = r.read(ctx, c)
+	}
+	if err != nil {
+		return fetched{}, err
+	}
+	r.store(cf, c, data)
+	return fetched{data: data}, nil
+}
+
+// planRun returns the chunks of n that follow chunk i in the blob, missing from cf and not
+// being fetched, up to ahead compressed bytes from chunk i's start: a sequential reader's
+// next reads. It claims their flights.
+func (r *chunkReader) planRun(n *Node, i int, cf *cache.File, ahead int64) []spanChunk {
 	first := n.Chunks[i]
-	j := i + 1
-	for ; j < len(n.Chunks); j++ {
+	var span []spanChunk
+	for j := i + 1; j < len(n.Chunks); j++ {
 		c := n.Chunks[j]
 		if c.BlobOffset != n.Chunks[j-1].BlobEnd || c.BlobEnd-first.BlobOffset > ahead || len(cf.Missing(c.Offset, c.Size)) == 0 {
 			break
 		}
-	}
-	if j == i+1 {
-		return nil, errors.New("nothing to read ahead")
-	}
-	r.startReading()
-	defer r.reading.Add(-1)
-	start, end := first.BlobOffset, n.Chunks[j-1].BlobEnd
-	buf := make([]byte, end-start)
-	if _, err := readFull(ctx, r.blob, buf, start); err != nil {
-		return nil, err
-	}
-	r.metrics.fetchedOnDemand.Add(float64(len(buf)))
-	var out []byte
-	for k := i; k < j; k++ {
-		c := n.Chunks[k]
-		data, extra, err := decompressSegment(buf[c.BlobOffset-start:c.BlobEnd-start], c)
-		if err != nil {
-			if k == i {
-				return nil, err
-			}
+		f := r.flights.claim(c.BlobOffset)
+		if f == nil {
 			break
 		}
-		r.storeExtra(c.BlobOffset, extra)
-		if k == i {
-			out = data
+		span = append(span, spanChunk{chunk: c, cf: cf, flight: f})
+	}
+	return span
+}
+
+// readSpan fetches chunk c with the chunks that follow it in the blob (following, whose
+// flights it claimed) in one request, stores and lands the following ones — those it could
+// not fetch or verify land with errNotFetched — and returns c's bytes. Any failure for c is
+// returned for the caller to fall back to a plain read of c.
+func (r *chunkReader) readSpan(ctx context.Context, c Chunk, following []spanChunk) ([]byte, error) {
+	start, end := c.BlobOffset, following[len(following)-1].chunk.BlobEnd
+	buf := make([]byte, end-start)
+	r.startReading()
+	_, err := readFull(ctx, r.blob, buf, start)
+	r.reading.Add(-1)
+	if err == nil {
+		r.metrics.fetchedOnDemand.Add(float64(len(buf)))
+	}
+	// decompress returns the verified bytes of a chunk of the span.
+	decompress := func(c Chunk) ([]byte, error) {
+		if err != nil {
+			return nil, err
+		}
+		data, extra, err := decompressSegment(buf[c.BlobOffset-start:c.BlobEnd-start], c)
+		if err == nil {
+			r.storeExtra(c.BlobOffset, extra)
+		}
+		return data, err
+	}
+	out, outErr := decompress(c)
+	for _, sc := range following {
+		data, err := decompress(sc.chunk)
+		if err != nil {
+			r.flights.land(sc.chunk.BlobOffset, sc.flight, fetched{}, fmt.Errorf("%w: %w", errNotFetched, err))
+			sc.close()
 			continue
 		}
-		r.store(cf, c, data)
+		r.store(sc.cf, sc.chunk, data)
+		r.flights.land(sc.chunk.BlobOffset, sc.flight, fetched{data: data}, nil)
+		sc.close()
 	}
-	return out, nil
+	return out, outErr
 }
 
 // store writes a verified chunk to the cache. A failure (the disk or the budget full, the

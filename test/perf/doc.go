@@ -17,7 +17,8 @@
 //     none brought along by an earlier read's neighbour fetch or the kernel's read-ahead; a
 //     read that moves no byte over the link fails the benchmark). Reports ms/read, RTTs/read
 //     (target ≈ 1), p50 and p90, and link-KiB/read (what one read moves). Sub-benchmarks by
-//     chunk size: rill create's default (1 MiB) and 64 KiB.
+//     chunk size: 1 MiB, 256 KiB and 64 KiB, rill create's default (convert.DefaultChunkSize)
+//     marked "-default".
 //   - BenchmarkColdSequentialRead: a 128 MiB incompressible file read from start to end with
 //     a 1 MiB buffer, a new mount and an empty cache each time. Reports MB/s and link-fraction,
 //     the read rate over the link's (target ≥ 0.8), and link-bytes/file-byte.

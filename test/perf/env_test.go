@@ -358,15 +358,31 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return ds[i]
 }
 
-// chunkSizes are the chunk sizes the read benchmarks compare: rill create's default and the
-// small chunks eStargz tools use.
-var chunkSizes = []struct {
+// chunkSizes are the chunk sizes the read benchmarks compare, the one rill create uses by
+// default (convert.DefaultChunkSize) named "-default": the sizes it was chosen from.
+var chunkSizes = func() []struct {
 	name string
 	size int
-}{
-	{"chunk-1MiB-default", convert.DefaultChunkSize},
-	{"chunk-64KiB", 64 << 10},
-}
+} {
+	var sizes []struct {
+		name string
+		size int
+	}
+	for _, kib := range []int{1024, 256, 64} {
+		name := fmt.Sprintf("chunk-%dKiB", kib)
+		if kib == 1024 {
+			name = "chunk-1MiB"
+		}
+		if kib<<10 == convert.DefaultChunkSize {
+			name += "-default"
+		}
+		sizes = append(sizes, struct {
+			name string
+			size int
+		}{name, kib << 10})
+	}
+	return sizes
+}()
 
 func init() {
 	// containerd's registry code logs through the standard logger at info level.
