@@ -49,26 +49,29 @@ type Chunk struct {
 	Digest digest.Digest
 }
 
-// Node is a file, directory, link or device of a layer.
+// Node is a file, directory, link or device of a layer. Its fields are ordered to keep it
+// small: a layer has one per entry, and a node mounts tens of layers.
 type Node struct {
-	Kind     Kind
+	Kind Kind
+	// Implied is set for directories the layer does not list but whose entries need them.
+	Implied  bool
 	Mode     uint32 // permission and special bits (setuid, setgid, sticky)
 	UID, GID uint32
-	Size     int64
-	ModTime  time.Time
-	Link     string // symlink target
-	Major    uint32
-	Minor    uint32
-	Xattrs   map[string][]byte
-	Chunks   []Chunk // regular files
-
 	// Nlink counts the names of a regular file (hardlinks share one Node).
 	Nlink uint32
+	Major uint32
+	Minor uint32
+	// ModTime is the modification time in unix seconds, ModTimeNsec its nanoseconds.
+	ModTimeNsec uint32
+	ModTime     int64
+	Size        int64
+	Link        string // symlink target
+	Xattrs      map[string][]byte
+	Chunks      []Chunk // regular files
+
 	// Children of a directory, by name; Names in sorted order.
 	Children map[string]*Node
 	Names    []string
-	// Implied is set for directories the layer does not list but whose entries need them.
-	Implied bool
 }
 
 // Index is a layer's validated tree.
@@ -99,6 +102,7 @@ func NewIndex(toc *TOC) (*Index, error) {
 		idx:   &Index{Root: newDir(true)},
 		nodes: map[string]*Node{},
 		kinds: map[string]string{},
+		strs:  map[string]string{},
 	}
 	b.nodes[""] = b.idx.Root
 	b.idx.DataEnd = toc.Offset
@@ -108,8 +112,22 @@ func NewIndex(toc *TOC) (*Index, error) {
 	return b.idx, nil
 }
 
+// intern returns a copy of s shared by every equal string of the layer's index.
+func (b *indexBuilder) intern(s string) string {
+	if v, ok := b.strs[s]; ok {
+		return v
+	}
+	v := strings.Clone(s)
+	b.strs[v] = v
+	return v
+}
+
 type indexBuilder struct {
 	toc *TOC
+	// strs interns the strings the index keeps (names, link targets, xattr names): copies,
+	// so that the decoded TOC is not kept alive by substrings of its strings, and one copy of
+	// each distinct value per layer.
+	strs map[string]string
 	// regular files in TOC order, until the prefetch landmark.
 	regOrder []string
 	idx      *Index
@@ -147,12 +165,15 @@ func (b *indexBuilder) build() error {
 			if e.Type != "dir" {
 				return fmt.Errorf("entry %d: the root is a %s, not a directory", i, e.Type)
 			}
-			applyMeta(b.idx.Root, e)
+			b.applyMeta(b.idx.Root, e)
 			b.idx.Root.Implied = false
 			continue
 		}
 		if name == estargz.PrefetchLandmark && b.idx.Prioritized == nil {
-			b.idx.Prioritized = append([]string{}, b.regOrder...)
+			b.idx.Prioritized = make([]string, len(b.regOrder))
+			for i, p := range b.regOrder {
+				b.idx.Prioritized[i] = strings.Clone(p)
+			}
 		}
 		if prev, dup := b.kinds[name]; dup {
 			return fmt.Errorf("%s: listed twice (%s, then %s)", name, prev, e.Type)
@@ -216,8 +237,7 @@ func (b *indexBuilder) parent(dir string) (*Node, error) {
 		return nil, err
 	}
 	n := newDir(true)
-	n.ModTime = time.Unix(0, 0)
-	b.link(grand, path.Base(dir), n)
+	b.link(grand, b.intern(path.Base(dir)), n)
 	b.nodes[dir] = n
 	return n, nil
 }
@@ -241,7 +261,7 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	base := path.Base(name)
+	base := b.intern(path.Base(name))
 
 	if hidden[name] {
 		return nil, nil
@@ -271,7 +291,7 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 		if e.Type != "dir" || !existing.Implied {
 			return nil, fmt.Errorf("conflicts with an earlier entry")
 		}
-		applyMeta(existing, e)
+		b.applyMeta(existing, e)
 		existing.Implied = false
 		return existing, nil
 	}
@@ -310,7 +330,7 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 		if e.LinkName == "" || len(e.LinkName) > maxPathLength || strings.ContainsRune(e.LinkName, 0) {
 			return nil, fmt.Errorf("symlink target %q: invalid", e.LinkName)
 		}
-		n = &Node{Kind: KindSymlink, Link: e.LinkName, Size: int64(len(e.LinkName)), Nlink: 1}
+		n = &Node{Kind: KindSymlink, Link: b.intern(e.LinkName), Size: int64(len(e.LinkName)), Nlink: 1}
 	case "char", "block":
 		if e.DevMajor < 0 || e.DevMinor < 0 || e.DevMajor > 0xfff || e.DevMinor > 0xfffff {
 			return nil, fmt.Errorf("device number %d:%d out of range", e.DevMajor, e.DevMinor)
@@ -324,7 +344,7 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 	default:
 		return nil, fmt.Errorf("unknown entry type %q", e.Type)
 	}
-	applyMeta(n, e)
+	b.applyMeta(n, e)
 	return b.place(dir, parentOf(name), base, n)
 }
 
@@ -345,19 +365,18 @@ func (b *indexBuilder) place(dir *Node, dirName, base string, n *Node) (*Node, e
 	return n, nil
 }
 
-func applyMeta(n *Node, e *estargz.TOCEntry) {
+func (b *indexBuilder) applyMeta(n *Node, e *estargz.TOCEntry) {
 	n.Mode = uint32(e.Mode) & 0o7777
 	n.UID, n.GID = uint32(e.UID), uint32(e.GID)
+	n.ModTime, n.ModTimeNsec = 0, 0
 	if t, err := time.Parse(time.RFC3339, e.ModTime3339); err == nil {
-		n.ModTime = t
-	} else {
-		n.ModTime = time.Unix(0, 0)
+		n.ModTime, n.ModTimeNsec = t.Unix(), uint32(t.Nanosecond())
 	}
 	for k, v := range e.Xattrs {
 		if n.Xattrs == nil {
 			n.Xattrs = map[string][]byte{}
 		}
-		n.Xattrs[k] = v
+		n.Xattrs[b.intern(k)] = v
 	}
 }
 
@@ -380,7 +399,7 @@ func (b *indexBuilder) chunk(e *estargz.TOCEntry, fileOffset, fileSize int64) (C
 		return Chunk{}, fmt.Errorf("chunk at %d: digest %q: %v", fileOffset, e.ChunkDigest, err)
 	}
 	b.offsets = append(b.offsets, e.Offset)
-	return Chunk{Offset: fileOffset, Size: size, BlobOffset: e.Offset, Digest: d}, nil
+	return Chunk{Offset: fileOffset, Size: size, BlobOffset: e.Offset, Digest: digest.Digest(strings.Clone(string(d)))}, nil
 }
 
 func (b *indexBuilder) addChunk(e *estargz.TOCEntry, file *Node, fileName string) error {

@@ -135,11 +135,10 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 	inodes := map[*Node]*gofs.Inode{}
 	next := uint64(2)
-	var walk func(dir *gofs.Inode, dirPath string, n *Node)
-	walk = func(dir *gofs.Inode, dirPath string, n *Node) {
+	var walk func(dir *gofs.Inode, n *Node)
+	walk = func(dir *gofs.Inode, n *Node) {
 		for _, name := range n.Names {
 			child := n.Children[name]
-			childPath := dirPath + "/" + name
 			if in, ok := inodes[child]; ok {
 				dir.AddChild(name, in, false)
 				continue
@@ -149,7 +148,7 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 			var emb gofs.InodeEmbedder
 			switch child.Kind {
 			case KindReg:
-				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}, path: childPath}
+				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}}
 			case KindSymlink:
 				emb = &symlinkNode{node: node{n: child, ino: ino, layer: lfs}}
 			default:
@@ -159,11 +158,11 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 			inodes[child] = in
 			dir.AddChild(name, in, false)
 			if child.Kind == KindDir {
-				walk(in, childPath, child)
+				walk(in, child)
 			}
 		}
 	}
-	walk(&root.Inode, "", root.n)
+	walk(&root.Inode, root.n)
 }
 
 // Unmount unmounts the layer and stops serving it. A layer still referenced — an overlay mount

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -31,12 +30,15 @@ var (
 // fileNode is a regular file. Each open gets a fileHandle, through which its reads go.
 type fileNode struct {
 	node
-	// path is the file's path in the layer ("/etc/passwd"); a hardlinked file has the first.
+	// mu guards path's setting and the io mode below.
+	mu sync.Mutex
+	// path is the file's path in the layer ("/etc/passwd"; a hardlinked file has one of its
+	// names), set by the first Open: a layer has many files and few are opened, so it is not
+	// kept for the others. It does not change once set.
 	path string
 
 	// The kernel's io mode of the inode: open handles in passthrough and in cached mode (the
 	// kernel refuses to mix them).
-	mu          sync.Mutex
 	passOpens   int
 	cachedOpens int
 }
@@ -73,11 +75,9 @@ func fillAttr(n *Node, ino uint64, a *fuse.Attr) {
 	a.Size = uint64(n.Size)
 	a.Blksize = 4096
 	a.Blocks = (uint64(n.Size) + 511) / 512
-	mtime := n.ModTime
-	if mtime.IsZero() {
-		mtime = time.Unix(0, 0)
-	}
-	a.SetTimes(&mtime, &mtime, &mtime)
+	a.Mtime, a.Mtimensec = uint64(n.ModTime), n.ModTimeNsec
+	a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
+	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
 	if n.Kind == KindChar || n.Kind == KindBlock {
 		a.Rdev = uint32(unixMkdev(n.Major, n.Minor))
 	}
@@ -127,17 +127,29 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	path := f.pathOnce()
 	if r := f.layer.recorder; r != nil {
-		r.opened(f.path, f.n.Size)
+		r.opened(path, f.n.Size)
 	}
 	h := openHandle(f)
 	h.choosePassthrough()
 	if r := f.layer.recorder; r != nil && h.local != nil {
-		r.passedThrough(f.path)
+		r.passedThrough(path)
 	}
 	// The layer never changes: let the kernel keep pages between opens. A file complete in
 	// the cache is read by the kernel itself (passthrough, see fileHandle.choosePassthrough).
 	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK
+}
+
+// pathOnce sets f.path if it is not yet and returns it. The tree is built before the mount
+// serves anything and never changes, so the name found is stable.
+func (f *fileNode) pathOnce() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.path == "" {
+		f.path = "/" + f.Path(nil)
+	}
+	return f.path
 }
 
 func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
