@@ -116,7 +116,7 @@ func (idx *Index) segments() []segment {
 	var walk func(n *Node)
 	walk = func(n *Node) {
 		for _, name := range n.Names {
-			c := n.Children[name]
+			c := n.Child(name)
 			switch {
 			case c.Kind == KindDir:
 				walk(c)

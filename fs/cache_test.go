@@ -290,7 +290,7 @@ func TestCorruptCacheDataIsFetchedAgain(t *testing.T) {
 	closeCache()
 
 	// Flip bytes in the second chunk of the cached data file.
-	key := strconv.FormatInt(cl.index(t).Root.Children["victim"].Chunks[0].BlobOffset, 10)
+	key := strconv.FormatInt(cl.index(t).Root.Child("victim").Chunks[0].BlobOffset, 10)
 	path := filepath.Join(dir, "layers", cl.digest.Algorithm().String(), cl.digest.Encoded(), "files", key)
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -40,7 +40,7 @@ func TestFetchOutlivesTheReadThatStartedIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := idx.Root.Children["f"]
+	n := idx.Root.Child("f")
 	blob := &stallFirstBlob{data: data, started: make(chan struct{}), release: make(chan struct{})}
 	defer close(blob.release)
 	r := &chunkReader{blob: blob, metrics: NewMetrics(), log: logrus.NewEntry(logrus.StandardLogger())}

@@ -69,9 +69,18 @@ type Node struct {
 	Xattrs      map[string][]byte
 	Chunks      []Chunk // regular files
 
-	// Children of a directory, by name; Names in sorted order.
-	Children map[string]*Node
+	// Names of a directory's entries in sorted order, and Children their nodes (Children[i]
+	// is named Names[i]); Child finds one by name.
 	Names    []string
+	Children []*Node
+}
+
+// Child returns the entry of directory n named name, or nil.
+func (n *Node) Child(name string) *Node {
+	if i := sort.SearchStrings(n.Names, name); i < len(n.Names) && n.Names[i] == name {
+		return n.Children[i]
+	}
+	return nil
 }
 
 // Index is a layer's validated tree.
@@ -141,7 +150,7 @@ type indexBuilder struct {
 }
 
 func newDir(implied bool) *Node {
-	return &Node{Kind: KindDir, Mode: 0o755, Children: map[string]*Node{}, Nlink: 2, Implied: implied}
+	return &Node{Kind: KindDir, Mode: 0o755, Nlink: 2, Implied: implied}
 }
 
 func (b *indexBuilder) build() error {
@@ -249,8 +258,11 @@ func parentOf(p string) string {
 	return ""
 }
 
+// link adds n to dir as name; finish sorts the entries. place and parent check first that the
+// name is free (b.nodes has every path).
 func (b *indexBuilder) link(dir *Node, name string, n *Node) {
-	dir.Children[name] = n
+	dir.Names = append(dir.Names, name)
+	dir.Children = append(dir.Children, n)
 	if n.Kind == KindDir {
 		dir.Nlink++
 	}
@@ -350,15 +362,12 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 
 // place puts n under dir as base, refusing to replace anything.
 func (b *indexBuilder) place(dir *Node, dirName, base string, n *Node) (*Node, error) {
-	if _, taken := dir.Children[base]; taken {
-		return nil, fmt.Errorf("%s already exists in %q", base, dirName)
-	}
 	full := base
 	if dirName != "" {
 		full = dirName + "/" + base
 	}
 	if _, taken := b.nodes[full]; taken {
-		return nil, fmt.Errorf("%s already exists", full)
+		return nil, fmt.Errorf("%s already exists in %q", base, dirName)
 	}
 	b.link(dir, base, n)
 	b.nodes[full] = n
@@ -445,17 +454,35 @@ func (b *indexBuilder) finish() error {
 			}
 		}
 	}
+	// The listings of all directories share two arrays of exactly their size.
+	total := 0
+	for _, n := range b.nodes {
+		total += len(n.Names)
+	}
+	names, children := make([]string, 0, total), make([]*Node, 0, total)
 	for _, n := range b.nodes {
 		if n.Kind != KindDir {
 			continue
 		}
-		n.Names = make([]string, 0, len(n.Children))
-		for name := range n.Children {
-			n.Names = append(n.Names, name)
-		}
-		sort.Strings(n.Names)
+		sort.Sort(listing{n.Names, n.Children})
+		start := len(names)
+		names, children = append(names, n.Names...), append(children, n.Children...)
+		n.Names, n.Children = names[start:len(names):len(names)], children[start:len(children):len(children)]
 	}
 	return nil
+}
+
+// listing sorts a directory's entries by name.
+type listing struct {
+	names    []string
+	children []*Node
+}
+
+func (l listing) Len() int           { return len(l.names) }
+func (l listing) Less(i, j int) bool { return l.names[i] < l.names[j] }
+func (l listing) Swap(i, j int) {
+	l.names[i], l.names[j] = l.names[j], l.names[i]
+	l.children[i], l.children[j] = l.children[j], l.children[i]
 }
 
 // FileMode returns the full mode (type and permission bits) of n as stat(2) reports it.
@@ -513,19 +540,18 @@ func (n *Node) GoMode() os.FileMode {
 func (idx *Index) DropWhiteouts() {
 	var walk func(n *Node)
 	walk = func(n *Node) {
-		names := n.Names[:0]
-		for _, name := range n.Names {
-			c := n.Children[name]
+		names, children := n.Names[:0], n.Children[:0]
+		for i, name := range n.Names {
+			c := n.Children[i]
 			if c.Kind == KindWhiteout {
-				delete(n.Children, name)
 				continue
 			}
-			names = append(names, name)
+			names, children = append(names, name), append(children, c)
 			if c.Kind == KindDir {
 				walk(c)
 			}
 		}
-		n.Names = names
+		n.Names, n.Children = names, children
 	}
 	walk(idx.Root)
 }
@@ -545,7 +571,7 @@ func (idx *Index) Lookup(path string) *Node {
 		if n.Kind != KindDir {
 			return nil
 		}
-		if n = n.Children[c]; n == nil {
+		if n = n.Child(c); n == nil {
 			return nil
 		}
 	}

@@ -95,14 +95,14 @@ func TestNewIndexBuildsImpliedDirectoriesAndHidesBookkeeping(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	usr := idx.Root.Children["usr"]
+	usr := idx.Root.Child("usr")
 	if usr == nil || usr.Implied || usr.Mode != 0o700 || usr.UID != 5 {
 		t.Fatalf("usr listed after its children must take the listed metadata: %+v", usr)
 	}
-	if lib := usr.Children["lib"]; lib == nil || !lib.Implied || lib.Mode != 0o755 {
+	if lib := usr.Child("lib"); lib == nil || !lib.Implied || lib.Mode != 0o755 {
 		t.Fatalf("usr/lib must be implied 0755: %+v", lib)
 	}
-	if _, ok := idx.Root.Children[estargz.PrefetchLandmark]; ok {
+	if idx.Root.Child(estargz.PrefetchLandmark) != nil {
 		t.Fatal("the prefetch landmark is visible")
 	}
 	if idx.Files != 1 || idx.Bytes != 10 {
@@ -190,7 +190,7 @@ func FuzzNewIndex(f *testing.F) {
 				if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
 					t.Fatalf("accepted the name %q", name)
 				}
-				walk(n.Children[name])
+				walk(n.Child(name))
 			}
 		}
 		walk(idx.Root)

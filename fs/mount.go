@@ -137,8 +137,8 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 	next := uint64(2)
 	var walk func(dir *gofs.Inode, n *Node)
 	walk = func(dir *gofs.Inode, n *Node) {
-		for _, name := range n.Names {
-			child := n.Children[name]
+		for i, name := range n.Names {
+			child := n.Children[i]
 			if in, ok := inodes[child]; ok {
 				dir.AddChild(name, in, false)
 				continue

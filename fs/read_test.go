@@ -78,7 +78,7 @@ func TestCorruptChunkIsNeverServed(t *testing.T) {
 	data, l := convertedBlob(t, entries)
 	toc, _ := LoadTOC(context.Background(), bytes.NewReader(data), int64(len(data)), l.TOCDigest, Limits{})
 	idx, _ := NewIndex(toc)
-	victim := idx.Root.Children["victim"].Chunks[1]
+	victim := idx.Root.Child("victim").Chunks[1]
 
 	cases := []struct {
 		name      string
