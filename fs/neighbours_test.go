@@ -63,6 +63,15 @@ func TestMissesInALargeFileFetchTheirChunkAlone(t *testing.T) {
 			t.Errorf("a random read in chunk %d of a large file fetched %d bytes, want its chunk's %d", i, got, want)
 		}
 	}
+	// A read across chunks costs one request, not one per chunk.
+	span := make([]byte, 100<<10)
+	before := blob.reads.Load()
+	if _, err := f.ReadAt(span, chunks[24].Offset+32<<10); err != nil || !bytes.Equal(span, big[chunks[24].Offset+32<<10:][:len(span)]) {
+		t.Fatalf("read across chunks 24 and 25: %v (or wrong bytes)", err)
+	}
+	if n := blob.reads.Load() - before; n != 1 {
+		t.Errorf("a read across two chunks took %d requests", n)
+	}
 	// A small file of several chunks: a miss at its start brings the rest of it, and the file
 	// after it.
 	if _, err := readAt(filepath.Join(m.mountpoint, "small"), buf[:1], 0); err != nil {

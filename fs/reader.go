@@ -51,22 +51,24 @@ type spanChunk struct {
 	flight *flight     // claimed for the chunk: landed once it is stored, or not fetched
 }
 
-// planNeighbours returns the chunks that follow chunk c of file n in the blob and that a miss
-// of c fetches along: files used together sit together, so a miss brings along the rest of
-// a small file and the files that follow it, while they are missing from the cache and not
-// being fetched, up to neighbourWindow compressed bytes. A large file read at random is read
-// in places: a miss inside it brings along nothing (a sequential reader gets read-ahead
+// planNeighbours returns the chunks that follow chunk to of file n in the blob and that a
+// miss of chunk i (i ≤ to; the chunks between are the read's own) fetches along: files used
+// together sit together, so a miss brings along the rest of a small file and the files that
+// follow it, while they are missing from the cache and not being fetched, up to
+// neighbourWindow compressed bytes from chunk i. A large file read at random is read in
+// places: a miss inside it brings along nothing (a sequential reader gets read-ahead
 // instead); a miss of its last chunk brings along the files that follow. cf is n's cached
 // content. It claims the flights of the chunks it returns.
-func (r *chunkReader) planNeighbours(n *Node, i int, cf *cache.File) []spanChunk {
+func (r *chunkReader) planNeighbours(n *Node, i, to int, cf *cache.File) []spanChunk {
 	c := n.Chunks[i]
 	last := n.Chunks[len(n.Chunks)-1]
-	if last.BlobEnd-n.Chunks[0].BlobOffset > neighbourWindow && i < len(n.Chunks)-1 {
+	if last.BlobEnd-n.Chunks[0].BlobOffset > neighbourWindow && to < len(n.Chunks)-1 {
 		return nil
 	}
 	segs := r.neighbours
-	k := sort.Search(len(segs), func(i int) bool { return segs[i].start >= c.BlobOffset })
-	if k == len(segs) || segs[k].start != c.BlobOffset {
+	from := n.Chunks[to].BlobOffset
+	k := sort.Search(len(segs), func(i int) bool { return segs[i].start >= from })
+	if k == len(segs) || segs[k].start != from {
 		return nil
 	}
 	var span []spanChunk
@@ -195,8 +197,9 @@ func (r *chunkReader) readFile(ctx context.Context, n *Node, cf *cache.File, p [
 	return got, err
 }
 
-// readFileAhead is readFile that, on a miss, fetches up to ahead compressed bytes of the
-// file's following chunks in the same request (a sequential reader's next reads).
+// readFileAhead is readFile that, on a miss, fetches the read's chunks in one request, with
+// up to ahead compressed bytes of the file's following chunks (a sequential reader's next
+// reads).
 // It also reports whether any of the bytes came from the network.
 func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File, p []byte, off int64, ahead int64) (int, bool, error) {
 	if off >= n.Size || len(p) == 0 {
@@ -217,7 +220,7 @@ func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File
 			total += len(dst)
 			continue
 		}
-		res, err := r.fetch(ctx, n, i, cf, ahead)
+		res, err := r.fetch(ctx, n, i, cf, end, ahead)
 		if err != nil {
 			return total, true, err
 		}
@@ -249,12 +252,12 @@ func (r *chunkReader) readCached(cf *cache.File, p []byte, off int64) bool {
 // fetch returns chunk i of n's verified bytes, fetched from the blob and stored in cf (if
 // not nil). Concurrent fetches of a chunk are one: a read of a chunk that a fetch in flight
 // brings — whether for another read of it, or along with another chunk — waits for it.
-func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) (fetched, error) {
+func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File, end, ahead int64) (fetched, error) {
 	c := n.Chunks[i]
 	for {
 		f, lead := r.flights.join(c.BlobOffset)
 		if lead {
-			res, err := r.lead(ctx, n, i, cf, ahead)
+			res, err := r.lead(ctx, n, i, cf, end, ahead)
 			r.flights.land(c.BlobOffset, f, res, err)
 			return res, err
 		}
@@ -269,10 +272,11 @@ func (r *chunkReader) fetch(ctx context.Context, n *Node, i int, cf *cache.File,
 	}
 }
 
-// lead fetches chunk i of n for a read that leads its flight, with the chunks that follow it
-// when they are wanted (read-ahead of ahead compressed bytes for a sequential reader, else
-// the neighbours), and stores it in cf.
-func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, ahead int64) (fetched, error) {
+// lead fetches chunk i of n for a read up to file offset end that leads its flight, in one
+// request with the chunks that follow it when they are wanted — the rest of the read's, then
+// read-ahead of ahead compressed bytes for a sequential reader, else the neighbours — and
+// stores it in cf.
+func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, end, ahead int64) (fetched, error) {
 	c := n.Chunks[i]
 	// A flight that has just landed may have stored c since this read missed it.
 	if cf != nil && len(cf.Missing(c.Offset, c.Size)) == 0 {
@@ -282,12 +286,12 @@ func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, 
 		}
 	}
 	var following []spanChunk
-	switch {
-	case cf == nil:
-	case ahead > 0:
-		following = r.planRun(n, i, cf, ahead)
-	case r.neighbours != nil:
-		following = r.planNeighbours(n, i, cf)
+	if cf != nil {
+		following = r.planRun(n, i, cf, end, ahead)
+		to := i + len(following) // the last chunk planned
+		if ahead == 0 && r.neighbours != nil && n.Chunks[to].Offset+n.Chunks[to].Size >= end {
+			following = append(following, r.planNeighbours(n, i, to, cf)...)
+		}
 	}
 	var data []byte
 	err := errNotFetched
@@ -307,14 +311,14 @@ func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, 
 }
 
 // planRun returns the chunks of n that follow chunk i in the blob, missing from cf and not
-// being fetched, up to ahead compressed bytes from chunk i's start: a sequential reader's
-// next reads. It claims their flights.
-func (r *chunkReader) planRun(n *Node, i int, cf *cache.File, ahead int64) []spanChunk {
+// being fetched: those of a read up to file offset end, then up to ahead compressed bytes
+// from chunk i's start (a sequential reader's next reads). It claims their flights.
+func (r *chunkReader) planRun(n *Node, i int, cf *cache.File, end, ahead int64) []spanChunk {
 	first := n.Chunks[i]
 	var span []spanChunk
 	for j := i + 1; j < len(n.Chunks); j++ {
 		c := n.Chunks[j]
-		if c.BlobOffset != n.Chunks[j-1].BlobEnd || c.BlobEnd-first.BlobOffset > ahead || len(cf.Missing(c.Offset, c.Size)) == 0 {
+		if c.BlobOffset != n.Chunks[j-1].BlobEnd || (c.Offset >= end && c.BlobEnd-first.BlobOffset > ahead) || len(cf.Missing(c.Offset, c.Size)) == 0 {
 			break
 		}
 		f := r.flights.claim(c.BlobOffset)
