@@ -240,19 +240,8 @@ func TestOperationRetry(t *testing.T) {
 
 // The same tag and digest make one operation; two tags of one manifest never run at once.
 func TestOperationNoDuplicateWork(t *testing.T) {
-	var running, most atomic.Int32
-	q := open(t, t.TempDir(), func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
-		n := running.Add(1)
-		defer running.Add(-1)
-		for {
-			m := most.Load()
-			if n <= m || most.CompareAndSwap(m, n) {
-				break
-			}
-		}
-		time.Sleep(30 * time.Millisecond)
-		return "ok", nil
-	}, WithWorkers(4))
+	work, most := countingWork(30 * time.Millisecond)
+	q := open(t, t.TempDir(), work, WithWorkers(4))
 	a, created, _ := q.Submit(req("v1"))
 	if !created {
 		t.Fatal("first submit not created")
@@ -343,19 +332,7 @@ func copyDir(t *testing.T, from, to string) {
 // never runs at once with another operation on the same manifest.
 func TestManualOperations(t *testing.T) {
 	dir := t.TempDir()
-	var running, most atomic.Int32
-	work := func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
-		n := running.Add(1)
-		defer running.Add(-1)
-		for {
-			m := most.Load()
-			if n <= m || most.CompareAndSwap(m, n) {
-				break
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-		return "ok", nil
-	}
+	work, most := countingWork(20 * time.Millisecond)
 	q := open(t, dir, work, WithWorkers(4))
 	auto, _, _ := q.Submit(req("v1"))
 	manual := req("v1")
@@ -395,4 +372,21 @@ func TestManualOperations(t *testing.T) {
 	if most.Load() != 1 {
 		t.Fatalf("%d operations on one manifest ran at once", most.Load())
 	}
+}
+
+// countingWork is work that takes d and counts the most operations that ran at once.
+func countingWork(d time.Duration) (func(context.Context, Operation, func(Progress)) (string, error), *atomic.Int32) {
+	var running, most atomic.Int32
+	return func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(d)
+		return "ok", nil
+	}, &most
 }
