@@ -54,6 +54,9 @@ type Watcher struct {
 
 	mu    sync.Mutex
 	kinds map[digest.Digest]convert.ManifestKind // manifests are immutable: classified once
+
+	// startReconciled is closed when Run's first reconciliation has ended (tests wait for it).
+	startReconciled chan struct{}
 }
 
 // maxKinds bounds the classification cache.
@@ -67,7 +70,7 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	w := &Watcher{cfg: cfg, log: cfg.Log, kinds: map[digest.Digest]convert.ManifestKind{}}
+	w := &Watcher{cfg: cfg, log: cfg.Log, kinds: map[digest.Digest]convert.ManifestKind{}, startReconciled: make(chan struct{})}
 	var err error
 	if w.tags, err = cfg.NewConverter(nil); err != nil {
 		return nil, err
@@ -94,11 +97,16 @@ func (w *Watcher) Run(ctx context.Context) {
 			defer t.Stop()
 			tick = t.C
 		}
+		first := true
 		for {
 			if n, err := w.Reconcile(ctx); err != nil && ctx.Err() == nil {
 				w.log.WithError(err).Warn("reconciliation incomplete")
 			} else if n > 0 {
 				w.log.WithField("queued", n).Info("reconciliation queued operations")
+			}
+			if first {
+				close(w.startReconciled)
+				first = false
 			}
 			select {
 			case <-ctx.Done():

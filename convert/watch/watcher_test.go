@@ -76,6 +76,12 @@ func (f *fixture) run(t *testing.T) {
 			t.Error("the watcher did not stop within 20s")
 		}
 	})
+	// What a test does next is not raced by the reconciliation at start.
+	select {
+	case <-f.w.startReconciled:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the watcher's first reconciliation did not end within 20s")
+	}
 }
 
 // notify POSTs the registry's event for a push of d at repo:tag (tag "" for by digest).
