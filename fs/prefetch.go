@@ -19,16 +19,17 @@ import (
 
 // Prefetch tuning: the profile is taken in windows of files (first-access order between
 // windows), each window's chunks sorted by blob offset and coalesced into ranges — neighbours
-// in the blob are usually used together — and several ranges are in flight at once.
+// in the blob are usually used together — and several ranges are in flight at once. A window
+// ends with a wait for its last range, so windows are large enough to make that rare.
 const (
-	prefetchWindowFiles = 64
+	prefetchWindowFiles = 256
 	prefetchMaxRange    = 4 << 20
 	prefetchMaxGap      = 256 << 10
 	prefetchParallel    = 4
 	prefetchTimeout     = 2 * time.Minute
 )
 
-// prefetcher fetches files of a layer into its cache in the background, yielding to reads.
+// prefetcher fetches files of a layer into its cache in the background, beside reads.
 type prefetcher struct {
 	lfs  *layerFS
 	idx  *Index
@@ -39,7 +40,7 @@ type prefetcher struct {
 
 // Prefetch starts fetching the named files (paths in the layer, in first-access order) into
 // the layer's cache and returns at once: the container starts while the files arrive. Reads
-// go first: a prefetch range waits while reads are fetching. Paths the layer does not have are
+// go first at the registry (remote's scheduler: reads have slots of their own). Paths the layer does not have are
 // skipped. Without a cache there is nowhere to put the files, and Prefetch does nothing.
 // Unmount stops it.
 func (m *Mounted) Prefetch(paths []string) {
@@ -177,7 +178,8 @@ func coalesce(chunks []prefetchChunk) [][]prefetchChunk {
 // fetchRange fetches one coalesced range, verifies each chunk in it and stores it. A chunk
 // that fails verification is left to on-demand reads (which retry and count it).
 func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles map[*Node]*cache.File) error {
-	p.lfs.reader.yield(ctx)
+	// No yielding to reads here (the background fetch yields): prefetch fetches what the
+	// container is about to read, and reads have request slots of their own at every host.
 	ctx, cancel := context.WithTimeout(remote.WithPriority(ctx, remote.PriorityPrefetch), prefetchTimeout)
 	defer cancel()
 	start, end := r[0].chunk.BlobOffset, r[len(r)-1].chunk.BlobEnd

@@ -28,7 +28,7 @@
 //     prefetch and background work never holds, so an on-demand request never waits for a
 //     slot held by lower priorities, only for other on-demand requests;
 //   - prefetch and background requests share a few further slots ([WithBulkConcurrency],
-//     default 2): few bulk transfers in flight, because an on-demand request shares the
+//     default 4): few bulk transfers in flight, because an on-demand request shares the
 //     link's bandwidth with each of them;
 //   - a freed slot goes to the highest priority waiting for it, the oldest request first
 //     within a priority; a request whose context ends while it waits leaves the queue;

@@ -43,7 +43,7 @@ func defaults() options {
 		backoffMax:         2 * time.Second,
 		maxRetryAfter:      30 * time.Second,
 		maxConcurrency:     8,
-		bulkConcurrency:    2,
+		bulkConcurrency:    4,
 		coalesceGap:        16 << 10,
 		maxRangesPerReq:    32,
 		maxManifestSize:    4 << 20,
@@ -89,10 +89,11 @@ func WithMaxRetryAfter(d time.Duration) Option { return func(o *options) { o.max
 func WithMaxConcurrency(n int) Option { return func(o *options) { o.maxConcurrency = n } }
 
 // WithBulkConcurrency limits the prefetch and background requests in flight to one network
-// host, together (default 2), in slots of their own beside the on-demand ones. A freed slot
+// host, together (default 4), in slots of their own beside the on-demand ones. A freed slot
 // goes to the oldest waiting prefetch request, else to the oldest waiting background request.
-// Few bulk requests keep a saturated link fair to reads: an on-demand request shares the
-// bandwidth with every bulk transfer in flight.
+// Few bulk requests keep a saturated link fair to reads (an on-demand request shares the
+// bandwidth with every bulk transfer in flight), yet enough that a prefetch of many small,
+// scattered ranges keeps the link busy across round trips.
 func WithBulkConcurrency(n int) Option { return func(o *options) { o.bulkConcurrency = n } }
 
 // WithCoalesceGap merges ranges whose gap is at most gap bytes into one span (default 16 KiB):
