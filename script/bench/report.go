@@ -21,13 +21,24 @@ import (
 const dependentSteps = 4
 
 // physicalLimit is the least time the workload can be ready in over the link: the bytes it
-// reads at start at the link's rate, plus one round trip per dependent step.
+// reads at start as they cross the link — compressed, estimated at the image's compression
+// ratio (its files' own ratios are not known here) — at the link's rate, plus one round trip
+// per dependent step.
 func physicalLimit(w *workload, cfg *config) time.Duration {
 	if cfg.noLink {
 		return 0
 	}
-	transfer := float64(w.startBytes*8) / cfg.bandwidth
+	transfer := float64(startCompressed(w)*8) / cfg.bandwidth
 	return time.Duration(transfer*float64(time.Second)) + dependentSteps*cfg.rtt
+}
+
+// startCompressed estimates the compressed size of what w reads at start: its start bytes at
+// the image's compression ratio.
+func startCompressed(w *workload) int64 {
+	if w.imageBytes <= 0 || w.compressed >= w.imageBytes {
+		return w.startBytes
+	}
+	return int64(float64(w.startBytes) * float64(w.compressed) / float64(w.imageBytes))
 }
 
 // stat is a median, minimum and maximum.
@@ -95,12 +106,12 @@ func (bn *bench) report(stdout io.Writer, ws []*workload, rs []runResult, sums [
 	cfg := bn.cfg
 	fmt.Fprintf(stdout, "\nTime to ready over %s; %d cold run(s) each (median [min–max]).\n", bn.linkText(), cfg.runs)
 	for _, w := range ws {
-		fmt.Fprintf(stdout, "  %-10s %s uncompressed, %s in the registry; reads %s at start; prefetch profile: %s\n",
-			w.name, mb(w.imageBytes), mb(w.compressed), mb(w.startBytes), w.profileSource)
+		fmt.Fprintf(stdout, "  %-10s %s uncompressed, %s in the registry; reads %s at start (≈ %s compressed); prefetch profile: %s\n",
+			w.name, mb(w.imageBytes), mb(w.compressed), mb(w.startBytes), mb(startCompressed(w)), w.profileSource)
 	}
 	fmt.Fprintln(stdout)
 	writeTable(stdout, sums)
-	fmt.Fprintf(stdout, "\nlimit: bytes read at start ÷ bandwidth + %d round trips (connect, manifest, config+TOCs, data).\n", dependentSteps)
+	fmt.Fprintf(stdout, "\nlimit: bytes read at start, compressed (at the image's compression ratio), ÷ bandwidth + %d round trips (connect, manifest, config+TOCs, data).\n", dependentSteps)
 	fmt.Fprintf(stdout, "rill split: compressed bytes rill fetched by kind (rill_fs_fetched_bytes_total), at the end of the run.\n")
 	if slices.Contains(cfg.modes, modeRillProfile) {
 		fmt.Fprintf(stdout, "rill-profile: the profile named above, passed to rill create --prefetch-profile (recorded by rill-snapshotter in a cold run of the rill mode, unless --profile gave one).\n")
