@@ -158,7 +158,11 @@ func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref
 		return res, nil
 	}
 	bn.logf("  ready after %s; waiting for the link to fall quiet", sec(res.ready))
-	bn.settle(ctx)
+	quietAfter := time.Now()
+	if opts.CRISnapshotter == "" { // rill: its background fetch starts after a delay
+		quietAfter = began.Add(backgroundStart)
+	}
+	bn.settle(ctx, quietAfter)
 	res.bytesTotal = bn.link.BytesDown() - before
 	if opts.MetricsAddress != "" {
 		m, err := scrape(ctx, opts.MetricsAddress)
@@ -204,12 +208,17 @@ func (bn *bench) collectProfile(ctx context.Context, env *harness.Env, podID str
 	return paths, nil
 }
 
+// backgroundStart bounds when rill's background fetch has started after the pull began: its
+// default streaming.background_delay (10 s after the mount) and a margin.
+const backgroundStart = 15 * time.Second
+
 // settle waits until the link has carried nothing for a second (the background fetch, if any,
-// is over), for at most --settle.
-func (bn *bench) settle(ctx context.Context) {
+// is over), for at most --settle; quiet before quietAfter does not count (the link is quiet
+// between a quick start and the background fetch).
+func (bn *bench) settle(ctx context.Context, quietAfter time.Time) {
 	deadline := time.Now().Add(bn.cfg.settle)
 	last, quietSince := bn.link.BytesDown(), time.Now()
-	for time.Now().Before(deadline) && time.Since(quietSince) < time.Second {
+	for time.Now().Before(deadline) && (time.Since(quietSince) < time.Second || time.Now().Before(quietAfter)) {
 		select {
 		case <-ctx.Done():
 			return
