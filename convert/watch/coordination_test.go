@@ -114,14 +114,7 @@ func TestTwoWatchersSameEvents(t *testing.T) {
 				t.Fatalf("the tag binds %q, which is no artifact of the pushed manifest (%v)", bound, arts)
 			}
 			// Whatever happened, the status is usable.
-			c, err := f.w.cfg.NewConverter(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := c.Show(ctx, repo+":v1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := f.show(t, ctx, repo+":v1")
 			if !st.Bound || len(st.Manifests) != 1 || len(st.Manifests[0].Artifacts) == 0 || st.Manifests[0].Artifacts[0].Problem != "" {
 				t.Fatalf("rill show after two watchers: %+v", st)
 			}

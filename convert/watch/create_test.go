@@ -34,14 +34,7 @@ func TestAPICreate(t *testing.T) {
 	if k := f.kindAt(t, repo+":v1"); k != convert.KindBinding {
 		t.Fatalf("the tag names a %s after the create, not a binding index", k)
 	}
-	c, err := f.w.cfg.NewConverter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Show(ctx, repo+":v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := f.show(t, ctx, repo+":v1")
 	if len(st.Manifests) != 1 || len(st.Manifests[0].Artifacts) != 1 || st.Manifests[0].Artifacts[0].ProfileEntries != 1 {
 		t.Fatalf("rill show after the create: %+v", st)
 	}

@@ -126,6 +126,20 @@ func (f *fixture) waitDone(t *testing.T) []operation.Operation {
 	}
 }
 
+// show is what `rill show ref` reports, through the watcher's own converter.
+func (f *fixture) show(t *testing.T, ctx context.Context, ref string) *convert.Status {
+	t.Helper()
+	c, err := f.w.cfg.NewConverter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Show(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func (f *fixture) kindAt(t *testing.T, ref string) convert.ManifestKind {
 	t.Helper()
 	ctx := regtest.Ctx(t)
