@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -98,4 +99,11 @@ func hintFor(err error) string {
 		return "is rill watch running? start it, or point --watcher at the address of its --api"
 	}
 	return ""
+}
+
+// writeJSON writes v to w as indented JSON: what every command's --json prints.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

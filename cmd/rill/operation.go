@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"strings"
@@ -81,9 +80,7 @@ func runOperation(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		out = op
 	}
-	enc := json.NewEncoder(env.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	return writeJSON(env.stdout, out)
 }
 
 func printOperations(env *cliEnv, ops []operation.Operation) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"time"
@@ -62,9 +61,7 @@ func runRepo(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(p)
+		return writeJSON(env.stdout, p)
 	}
 	state := "disabled: new pushes are not converted automatically"
 	if p.Enabled {

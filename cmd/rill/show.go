@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"text/tabwriter"
@@ -23,9 +22,7 @@ func runShow(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return writeJSON(env.stdout, st)
 	}
 	binding := "not bound (artifacts, if any, are referrers only)"
 	if st.Bound {

@@ -38,9 +38,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(layers)
+		return writeJSON(env.stdout, layers)
 	}
 	if len(layers) == 0 {
 		fmt.Fprintln(env.stdout, "no streamed layers")

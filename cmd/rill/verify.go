@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 )
@@ -18,9 +17,7 @@ func runVerify(ctx context.Context, env *cliEnv, args []string) error {
 	defer cleanup()
 	audits, verr := c.Verify(ctx, image)
 	if asJSON && audits != nil {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(audits); err != nil {
+		if err := writeJSON(env.stdout, audits); err != nil {
 			return err
 		}
 		return verr
