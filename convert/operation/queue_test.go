@@ -105,11 +105,7 @@ func TestOperationSucceedsAndPersists(t *testing.T) {
 func TestOperationResumedAfterCrash(t *testing.T) {
 	dir := t.TempDir()
 	started := make(chan struct{})
-	q := open(t, dir, func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
-		close(started)
-		<-ctx.Done()
-		return "", ctx.Err()
-	})
+	q := open(t, dir, workUntilStopped(started))
 	op, _, _ := q.Submit(req("v1"))
 	run(t, q)
 	select {
@@ -140,11 +136,7 @@ func TestOperationResumedAfterCrash(t *testing.T) {
 func TestOperationInterruptedByShutdownIsResumed(t *testing.T) {
 	dir := t.TempDir()
 	started := make(chan struct{})
-	q := open(t, dir, func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
-		close(started)
-		<-ctx.Done()
-		return "", ctx.Err()
-	})
+	q := open(t, dir, workUntilStopped(started))
 	op, _, _ := q.Submit(req("v1"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -389,4 +381,13 @@ func countingWork(d time.Duration) (func(context.Context, Operation, func(Progre
 		time.Sleep(d)
 		return "ok", nil
 	}, &most
+}
+
+// workUntilStopped is work that closes started and runs until its context ends.
+func workUntilStopped(started chan struct{}) func(context.Context, Operation, func(Progress)) (string, error) {
+	return func(ctx context.Context, op Operation, _ func(Progress)) (string, error) {
+		close(started)
+		<-ctx.Done()
+		return "", ctx.Err()
+	}
 }
