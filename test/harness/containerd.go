@@ -3,7 +3,9 @@ package harness
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"os"
@@ -15,9 +17,7 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 )
 
 // CRINamespace is the containerd namespace of the CRI plugin (and of crictl's images).
@@ -213,6 +213,8 @@ func (c *Containerd) dial(ctx context.Context) error {
 // WaitSnapshotter waits until containerd reaches the proxy snapshotter name again. After the
 // snapshotter restarts, containerd's connection to it reconnects with a backoff (up to a few
 // seconds); until then containerd fails every call that needs the snapshotter, as a node would.
+// The probe lists the snapshotter's snapshots and stats one (containerd's metadata answers a
+// missing key without asking the snapshotter, so a made-up key proves nothing).
 func (c *Containerd) WaitSnapshotter(ctx context.Context, name string, timeout time.Duration) error {
 	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -220,13 +222,15 @@ func (c *Containerd) WaitSnapshotter(ctx context.Context, name string, timeout t
 	}
 	defer conn.Close()
 	client := snapshotsapi.NewSnapshotsClient(conn)
+	ctx = namespaces.WithNamespace(ctx, CRINamespace)
 	deadline := time.Now().Add(timeout)
 	for {
-		_, err := client.Usage(namespaces.WithNamespace(ctx, CRINamespace),
-			&snapshotsapi.UsageRequest{Snapshotter: name, Key: "rill-harness-probe-does-not-exist"})
-		// A NotFound comes from the snapshotter itself: containerd reached it.
-		if status.Code(err) == codes.NotFound {
+		key, err := anySnapshot(ctx, client, name)
+		if err == nil && key == "" {
 			return nil
+		}
+		if err == nil {
+			_, err = client.Stat(ctx, &snapshotsapi.StatSnapshotRequest{Snapshotter: name, Key: key})
 		}
 		if err == nil {
 			return nil
@@ -238,6 +242,26 @@ func (c *Containerd) WaitSnapshotter(ctx context.Context, name string, timeout t
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// anySnapshot returns the key of one snapshot containerd holds for snapshotter name ("" if none).
+func anySnapshot(ctx context.Context, client snapshotsapi.SnapshotsClient, name string) (string, error) {
+	stream, err := client.List(ctx, &snapshotsapi.ListSnapshotsRequest{Snapshotter: name})
+	if err != nil {
+		return "", fmt.Errorf("listing the snapshots of %q in containerd: %w", name, err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return "", nil
+			}
+			return "", fmt.Errorf("listing the snapshots of %q in containerd: %w", name, err)
+		}
+		if infos := resp.GetInfo(); len(infos) > 0 {
+			return infos[0].GetName(), nil
 		}
 	}
 }
