@@ -123,15 +123,19 @@ func TestTokenAuth(t *testing.T) {
 	}
 	defer br.Close()
 
-	if err := f.check(t, br, Range{0, 4096}); err != nil {
-		t.Fatal(err)
-	}
+	timed(t, 5*time.Second, func() {
+		if err := f.check(t, br, Range{0, 4096}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if n := f.proxy.TokensIssued(); n != 1 {
 		t.Fatalf("%d tokens issued, want 1", n)
 	}
-	if err := f.check(t, br, Range{4096, 4096}); err != nil {
-		t.Fatal(err)
-	}
+	timed(t, 5*time.Second, func() {
+		if err := f.check(t, br, Range{4096, 4096}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if n := f.proxy.TokensIssued(); n != 1 {
 		t.Fatalf("token not reused: %d issued", n)
 	}
@@ -165,9 +169,11 @@ func TestTokenAuth(t *testing.T) {
 	t.Run("rotated credentials are read at use", func(t *testing.T) {
 		writeConfig("rotated-PASSWORD-2")
 		f.proxy.RequireToken(user, "rotated-PASSWORD-2", 0)
-		if err := f.check(t, br, Range{0, 10}); err != nil {
-			t.Fatal(err)
-		}
+		timed(t, 5*time.Second, func() {
+			if err := f.check(t, br, Range{0, 10}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	})
 	t.Run("wrong credentials fail clearly, without secrets", func(t *testing.T) {
 		writeConfig("wrong-PASSWORD-3")

@@ -176,6 +176,8 @@ func TestBlobFaults(t *testing.T) {
 		{name: "dropped connections", faults: []faultproxy.Fault{{Kind: faultproxy.Drop, Times: 2}}, ranges: scattered, max: 3 * time.Second},
 		{name: "delay", faults: []faultproxy.Fault{{Kind: faultproxy.Delay, Delay: 300 * time.Millisecond, Times: 1}}, ranges: scattered[:1], min: 300 * time.Millisecond, max: 3 * time.Second},
 		{name: "503 burst with Retry-After", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 503, RetryAfter: "1", Times: 1}, {Kind: faultproxy.Status, Code: 503, Times: 2}}, ranges: scattered, min: time.Second, max: 5 * time.Second},
+		{name: "503 burst, each with Retry-After", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 503, RetryAfter: "1", Times: 2}}, ranges: scattered, min: 2 * time.Second, max: 6 * time.Second},
+		{name: "429 with Retry-After", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 429, RetryAfter: "1", Times: 1}}, ranges: scattered[1:2], min: time.Second, max: 5 * time.Second},
 		{name: "429 burst", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 429, RetryAfter: "0", Times: 3}}, ranges: scattered[:2], max: 3 * time.Second},
 		{name: "429 asking for an hour", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 429, RetryAfter: "3600", Times: 1}}, ranges: scattered[:1], wantErr: "retry after 1h0m0s", max: time.Second},
 		{name: "503 for good", faults: []faultproxy.Fault{{Kind: faultproxy.Status, Code: 503, Times: -1}}, ranges: scattered[:1], wantErr: "503 Service Unavailable", max: 3 * time.Second},
@@ -273,6 +275,8 @@ func TestBlobSharedInFlight(t *testing.T) {
 	f := newBlobFixture(t, regtest.InProcess(t, true))
 	f.proxy.SetLatency(200 * time.Millisecond)
 	br := f.reader(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := 0; i < 8; i++ {
@@ -280,7 +284,7 @@ func TestBlobSharedInFlight(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			p := make([]byte, 4096)
-			if _, err := br.ReadAt(p, 4096); err != nil {
+			if _, err := br.ReadAtContext(ctx, p, 4096); err != nil {
 				errs <- err
 				return
 			}
@@ -289,7 +293,7 @@ func TestBlobSharedInFlight(t *testing.T) {
 			}
 		}()
 	}
-	wg.Wait()
+	timed(t, 10*time.Second, wg.Wait)
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
@@ -303,17 +307,22 @@ func TestBlobConcurrencyLimit(t *testing.T) {
 	f := newBlobFixture(t, regtest.InProcess(t, true), WithMaxConcurrency(2))
 	f.proxy.SetLatency(50 * time.Millisecond)
 	br := f.reader(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	var wg sync.WaitGroup
 	for i := int64(0); i < 8; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := br.ReadAt(make([]byte, 100), i*100<<10); err != nil {
+			p := make([]byte, 100)
+			if _, err := br.ReadAtContext(ctx, p, i*100<<10); err != nil {
 				t.Error(err)
+			} else if !bytes.Equal(p, f.data[i*100<<10:i*100<<10+100]) {
+				t.Errorf("read at %d: wrong bytes", i*100<<10)
 			}
 		}()
 	}
-	wg.Wait()
+	timed(t, 10*time.Second, wg.Wait)
 	if n := f.proxy.MaxInFlight(); n > 2 || n < 1 {
 		t.Fatalf("%d requests in flight at once, want at most 2", n)
 	}

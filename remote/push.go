@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -24,8 +26,8 @@ const pushTimeout = 2 * time.Hour
 
 // PushBlob uploads the blob desc, read from content, to the repository of ref. A blob the
 // repository has already is skipped; else it is mounted from the first repository of
-// mountFrom (references or repository names on the same registry) that has it, else uploaded
-// in one PUT.
+// mountFrom (references or repository names on the same registry, asked in order) that has
+// it, else uploaded in one PUT.
 func (r *Registry) PushBlob(ctx context.Context, ref string, desc ocispec.Descriptor, content io.ReaderAt, mountFrom ...string) error {
 	rr, err := parseRef(ref)
 	if err != nil {
@@ -37,12 +39,12 @@ func (r *Registry) PushBlob(ctx context.Context, ref string, desc ocispec.Descri
 	scopes := []string{"repository:" + rr.repo + ":pull,push"}
 	var froms []string
 	for _, m := range mountFrom {
-		fr, err := parseRef(m)
-		if err != nil || fr.host != rr.host || fr.repo == rr.repo {
+		repo, ok := mountSource(m, rr.host)
+		if !ok || repo == rr.repo || slices.Contains(froms, repo) {
 			continue
 		}
-		froms = append(froms, fr.repo)
-		scopes = append(scopes, "repository:"+fr.repo+":pull")
+		froms = append(froms, repo)
+		scopes = append(scopes, "repository:"+repo+":pull")
 	}
 	for _, s := range scopes {
 		ctx = docker.WithScope(ctx, s)
@@ -116,6 +118,20 @@ func (r *Registry) PushBlob(ctx context.Context, ref string, desc ocispec.Descri
 	return nil
 }
 
+// mountSource is the repository m names on host: m is a reference, or a repository name
+// taken to be on host. ok is false for a repository on another registry or a bad name.
+func mountSource(m, host string) (repo string, ok bool) {
+	first, _, hasSlash := strings.Cut(m, "/")
+	if !hasSlash || !(strings.ContainsAny(first, ".:") || first == "localhost") {
+		m = host + "/" + m
+	}
+	fr, err := parseRef(m)
+	if err != nil || fr.host != host {
+		return "", false
+	}
+	return fr.repo, true
+}
+
 // startUpload tries cross-repository mounts, then opens an upload session. done reports that
 // a mount made the blob present.
 func (r *Registry) startUpload(ctx context.Context, ep *endpoint, rr repoRef, d digest.Digest, froms []string) (*url.URL, bool, error) {
@@ -139,15 +155,45 @@ func (r *Registry) startUpload(ctx context.Context, ep *endpoint, rr repoRef, d 
 		}
 		return nil, false, statusError(req, resp)
 	}
-	for _, from := range froms {
+	for i, from := range froms {
 		loc, done, err := post(url.Values{"mount": {d.String()}, "from": {from}})
-		if err != nil || done {
-			return loc, done, err
+		if err != nil {
+			var re *retryError
+			if errors.As(err, &re) {
+				return nil, false, err
+			}
+			// Refused (the repository is unknown, or not readable with these
+			// credentials): not mountable from there.
+			log.G(ctx).WithFields(log.Fields{"digest": d, "from": from}).WithError(err).Debug("cross-repository mount refused")
+			continue
 		}
-		// 202: the registry opened an ordinary upload instead; use it.
-		return loc, false, nil
+		if done {
+			return nil, true, nil
+		}
+		// 202: the repository does not have the blob, and the registry opened an ordinary
+		// upload instead. The last one is used; earlier ones are cancelled so the next
+		// repository can be asked.
+		if i == len(froms)-1 {
+			return loc, false, nil
+		}
+		r.cancelUpload(ctx, ep, loc)
 	}
 	return post(nil)
+}
+
+// cancelUpload ends an upload session that will not be used. A failure only leaves the
+// session for the registry to expire.
+func (r *Registry) cancelUpload(ctx context.Context, ep *endpoint, loc *url.URL) {
+	req := &request{ep: ep, method: http.MethodDelete, u: loc, op: "blob_upload_cancel"}
+	resp, err := r.send(ctx, req)
+	if err != nil {
+		log.G(ctx).WithFields(log.Fields{"host": ep.host.Host}).WithError(err).Debug("cancel unused upload session")
+		return
+	}
+	drain(resp)
+	if resp.StatusCode >= 300 {
+		log.G(ctx).WithFields(log.Fields{"host": ep.host.Host, "status": resp.StatusCode}).Debug("cancel unused upload session refused")
+	}
 }
 
 // PushManifest uploads a manifest or index of mediaType to the repository of ref, at its tag

@@ -119,10 +119,24 @@ func readPart(body io.Reader, cr contentRange, limit int64) (part, error) {
 	return part{offset: cr.first, data: data}, nil
 }
 
-// readExactly reads n bytes and makes sure nothing follows them.
+// readChunk is the most readExactly allocates before the bytes arrive: a length a server
+// claims is only believed as far as the body backs it.
+const readChunk = 1 << 20
+
+// readExactly reads n bytes and makes sure nothing follows them. Its buffer grows with the
+// bytes received (doubling, from at most readChunk), so a false length costs no memory.
 func readExactly(r io.Reader, n int64) ([]byte, error) {
-	data := make([]byte, n)
-	if _, err := io.ReadFull(r, data); err != nil {
+	if n < 0 {
+		return nil, fmt.Errorf("negative body length %d", n)
+	}
+	data := make([]byte, min(n, readChunk))
+	_, err := io.ReadFull(r, data)
+	for err == nil && int64(len(data)) < n {
+		have := len(data)
+		data = append(data, make([]byte, min(n-int64(have), int64(have)))...)
+		_, err = io.ReadFull(r, data[have:])
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
@@ -143,6 +157,9 @@ func readExactly(r io.Reader, n int64) ([]byte, error) {
 // Content-Range of a blob of size bytes and exactly as many bytes; all parts together may
 // hold at most limit bytes. contentType is the response's Content-Type header.
 func parseMultipart(body io.Reader, contentType string, size, limit int64) ([]part, error) {
+	if size < 0 || limit < 0 {
+		return nil, fmt.Errorf("multipart body of a blob of %d bytes, limit %d: %w", size, limit, errInvalidArgument)
+	}
 	mt, params, err := mime.ParseMediaType(contentType)
 	if err != nil || mt != "multipart/byteranges" || params["boundary"] == "" {
 		return nil, fmt.Errorf("not a multipart/byteranges body: %q", clip(contentType))
@@ -166,7 +183,7 @@ func parseMultipart(body io.Reader, contentType string, size, limit int64) ([]pa
 			return nil, fmt.Errorf("multipart part %s is of a blob of %d bytes, not %d", cr, cr.size, size)
 		}
 		n := cr.last - cr.first + 1
-		if total+n > limit {
+		if n > limit-total {
 			return nil, fmt.Errorf("multipart body holds more than the %d bytes asked for", limit)
 		}
 		total += n

@@ -3,6 +3,7 @@ package remote
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"mime/multipart"
 	"net/textproto"
 	"reflect"
@@ -103,6 +104,14 @@ func TestParseMultipart(t *testing.T) {
 		bad := strings.Replace(string(body), "world!", "world", 1)
 		if _, err := parseMultipart(strings.NewReader(bad), ct, 100, 11); err == nil {
 			t.Fatal("short part accepted")
+		}
+	})
+	t.Run("part claiming more than its body, with a huge limit", func(t *testing.T) {
+		const size = 999999999999999999
+		lying := "--x\r\nContent-Range: bytes 0-999999999999999998/999999999999999999\r\n\r\na\r\n--x--\r\n"
+		_, err := parseMultipart(strings.NewReader(lying), "multipart/byteranges; boundary=x", size, math.MaxInt64)
+		if err == nil || !strings.Contains(err.Error(), "truncated") {
+			t.Fatalf("part of %d bytes with a body of 1: %v, want a truncated-body error", int64(size), err)
 		}
 	})
 	t.Run("not multipart", func(t *testing.T) {

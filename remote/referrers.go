@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -28,7 +29,9 @@ func FallbackTag(subject digest.Digest) string {
 // Referrers lists the manifests in the repository of ref whose subject is the manifest
 // subject, with the given artifactType (all when empty), in the order the registry lists them.
 // It uses the referrers API, and the tag-schema fallback when the registry has no such API.
-// The filter is applied here too: registries may ignore it.
+// The filter is applied here too: registries may ignore it. A host that lists none (a mirror
+// that copied the image but not its artifacts) passes the question to the next host, the
+// upstream last; the list is empty only when the last host asked lists none.
 func (r *Registry) Referrers(ctx context.Context, ref string, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
 	rr, err := parseRef(ref)
 	if err != nil {
@@ -44,17 +47,31 @@ func (r *Registry) Referrers(ctx context.Context, ref string, subject digest.Dig
 		if errors.Is(err, errNoReferrersAPI) {
 			descs, err = r.referrersFallback(ctx, ep, rr, subject, artifactType)
 		}
+		if err == nil {
+			descs, err = r.filterReferrers(ctx, rr, descs, artifactType)
+		}
+		if err != nil {
+			return err
+		}
+		if len(descs) == 0 {
+			log.G(ctx).WithFields(log.Fields{"host": ep.host.Host, "subject": subject, "artifactType": artifactType}).Debug("host lists no referrers; asking the next one")
+			return errNoReferrersListed
+		}
 		out = descs
-		return err
+		return nil
 	})
-	if err == nil {
-		out, err = r.filterReferrers(ctx, rr, out, artifactType)
+	if errors.Is(err, errNoReferrersListed) {
+		return []ocispec.Descriptor{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s in %s: %w", subject, rr.host+"/"+rr.repo, err)
 	}
 	return out, nil
 }
+
+// errNoReferrersListed says a host listed no referrers of the type asked for: the next host
+// may have them.
+var errNoReferrersListed = errors.New("no referrers listed")
 
 // filterReferrers keeps the descriptors of artifactType. Some registries (go-containerregistry's)
 // report the config media type as artifactType even when the manifest has its own: entries

@@ -2,13 +2,18 @@ package remote
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/internal/regtest"
+	"github.com/rillstream/rill/remote/internal/faultproxy"
 )
 
 func TestParseReferrersFilters(t *testing.T) {
@@ -92,5 +97,59 @@ func TestReferrersPagination(t *testing.T) {
 	}
 	if len(got) != 2 || got[0].Digest != digest.FromString("one") || got[1].Digest != digest.FromString("two") {
 		t.Fatalf("referrers = %+v, want both pages in order", got)
+	}
+}
+
+// TestReferrersThroughMirror: a mirror that lacks the referrers (it copied the image, not
+// its artifacts) answers with an empty list, through its referrers API or a 404 on the
+// fallback tag; the upstream must still be asked, and its error kept when it fails.
+func TestReferrersThroughMirror(t *testing.T) {
+	for _, caps := range []string{`"pull", "resolve"`, `"pull", "resolve", "referrers"`} {
+		t.Run("mirror capabilities "+caps, func(t *testing.T) {
+			upstream := faultproxy.New(t, regtest.InProcess(t, true))
+			mirror := faultproxy.New(t, regtest.InProcess(t, true))
+			certs := t.TempDir()
+			writeFile(t, filepath.Join(certs, upstream.Host, "hosts.toml"), fmt.Sprintf(`server = "http://%s"
+
+[host."http://%s"]
+  capabilities = [%s]
+`, upstream.Host, mirror.Host, caps), 0o644)
+
+			direct := testRegistry(t)
+			platform := ocispec.Platform{OS: "linux", Architecture: "amd64"}
+			img := pushImage(t, direct, upstream.Host+"/app/img:v1", 21, platform)
+			pushImage(t, direct, mirror.Host+"/app/img:v1", 21, platform)
+			stream := pushArtifact(t, direct, upstream.Host+"/app/img", img.manifest, streamingType)
+			other := pushImage(t, direct, upstream.Host+"/app/img:v2", 22, platform)
+			mirror.Reset()
+
+			r := testRegistry(t, WithHostsDir(certs), WithRetry(2, time.Millisecond, 10*time.Millisecond))
+			ctx := testCtx(t)
+			got, err := r.Referrers(ctx, upstream.Host+"/app/img", img.manifest.Digest, streamingType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || got[0].Digest != stream.Digest {
+				t.Fatalf("referrers through a mirror without them = %+v, want the upstream's %s", got, stream.Digest)
+			}
+			if mirror.Count("GET", "") == 0 {
+				t.Fatal("the mirror was not asked first")
+			}
+
+			// None anywhere: an empty list, not an error.
+			none, err := r.Referrers(ctx, upstream.Host+"/app/img", other.manifest.Digest, streamingType)
+			if err != nil || len(none) != 0 {
+				t.Fatalf("referrers of an image without any: %+v, %v; want none", none, err)
+			}
+
+			// The upstream failing after the mirror's empty answer is an error, not "none".
+			upstream.Add(faultproxy.Fault{Kind: faultproxy.Status, Code: 503, Times: -1, Match: func(r *http.Request) bool {
+				return strings.Contains(r.URL.Path, "/referrers/") || strings.Contains(r.URL.Path, "/manifests/sha256-")
+			}})
+			_, err = r.Referrers(ctx, upstream.Host+"/app/img", img.manifest.Digest, streamingType)
+			if err == nil || !strings.Contains(err.Error(), "503") {
+				t.Fatalf("upstream failing after an empty mirror: %v, want its 503", err)
+			}
+		})
 	}
 }

@@ -2,10 +2,13 @@ package remote
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
@@ -248,5 +251,98 @@ func TestErrorsNameTheReference(t *testing.T) {
 	_, err := r.Resolve(testCtx(t), host+"/nope/img:v9")
 	if err == nil || !strings.Contains(err.Error(), "nope/img:v9") {
 		t.Fatalf("error %v does not name the reference", err)
+	}
+}
+
+// TestPushBlobMountsFromEachRepository: the repositories to mount from are asked in order
+// until one has the blob; when none has it, the blob is uploaded.
+func TestPushBlobMountsFromEachRepository(t *testing.T) {
+	p := faultproxy.New(t, regtest.Distribution(t, ""))
+	r := testRegistry(t)
+	ctx := testCtx(t)
+	data := randomBytes(50<<10, 31)
+	d := descOf("application/octet-stream", data)
+	if err := r.PushBlob(ctx, p.Host+"/a/src", d, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	pushBlob(t, r, p.Host+"/c/other", []byte("another blob, so that c/other exists"))
+
+	p.Reset()
+	if err := r.PushBlob(ctx, p.Host+"/b/dst", d, bytes.NewReader(data), p.Host+"/c/other", "d/missing", p.Host+"/a/src:v1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Count("PUT", ""); n != 0 {
+		t.Fatalf("blob uploaded (%d PUTs) although a/src, third in the list, has it", n)
+	}
+	var asked []string
+	for _, rec := range p.Records() {
+		if rec.Method == "POST" && rec.Query.Get("mount") == d.Digest.String() {
+			asked = append(asked, rec.Query.Get("from"))
+		}
+	}
+	if want := []string{"c/other", "d/missing", "a/src"}; !slices.Equal(asked, want) {
+		t.Fatalf("mounts asked from %v, want %v in order", asked, want)
+	}
+	if n := p.Count("DELETE", "/blobs/uploads/"); n != 2 {
+		t.Fatalf("%d upload sessions cancelled, want the 2 opened by the mounts that missed", n)
+	}
+	if got, err := r.FetchBlob(ctx, p.Host+"/b/dst", d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("mounted blob in b/dst: %v", err)
+	}
+
+	// No repository has it: uploaded, once.
+	p.Reset()
+	other := randomBytes(20<<10, 32)
+	od := descOf("application/octet-stream", other)
+	if err := r.PushBlob(ctx, p.Host+"/b/dst", od, bytes.NewReader(other), p.Host+"/c/other", p.Host+"/a/src"); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Count("PUT", "/blobs/uploads/"); n != 1 {
+		t.Fatalf("%d uploads of a blob no repository has, want 1", n)
+	}
+	if got, err := r.FetchBlob(ctx, p.Host+"/b/dst", od); err != nil || !bytes.Equal(got, other) {
+		t.Fatalf("uploaded blob in b/dst: %v", err)
+	}
+}
+
+// TestFetchVerifiesDigest: a manifest or blob fetched by digest whose bytes do not match
+// the digest is never returned; a corruption that does not last is retried.
+func TestFetchVerifiesDigest(t *testing.T) {
+	p := faultproxy.New(t, regtest.InProcess(t, true))
+	r := testRegistry(t)
+	ctx := testCtx(t)
+	img := pushImage(t, r, p.Host+"/app/img:v1", 41, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	fetches := func(req *http.Request) bool {
+		return req.Method == http.MethodGet && (strings.Contains(req.URL.Path, "/manifests/sha256:") || strings.Contains(req.URL.Path, "/blobs/sha256:"))
+	}
+	for _, tc := range []struct {
+		name  string
+		desc  ocispec.Descriptor
+		want  []byte
+		fetch func(context.Context, string, ocispec.Descriptor) ([]byte, error)
+	}{
+		{"manifest", img.manifest, img.manifestData, r.FetchManifest},
+		{"blob", img.config, nil, r.FetchBlob},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p.Clear()
+			p.Add(faultproxy.Fault{Kind: faultproxy.Corrupt, Times: -1, Match: fetches})
+			var b []byte
+			var err error
+			timed(t, 5*time.Second, func() { b, err = tc.fetch(ctx, p.Host+"/app/img", tc.desc) })
+			if err == nil || b != nil {
+				t.Fatalf("corrupted %s returned: %d bytes, error %v", tc.name, len(b), err)
+			}
+			if !errdefs.IsDataLoss(err) || !strings.Contains(err.Error(), "content has digest") || !strings.Contains(err.Error(), tc.desc.Digest.String()) {
+				t.Fatalf("corrupted %s: error %v, want a DataLoss error naming the digests", tc.name, err)
+			}
+
+			p.Clear()
+			p.Add(faultproxy.Fault{Kind: faultproxy.Corrupt, Times: 1, Match: fetches})
+			timed(t, 5*time.Second, func() { b, err = tc.fetch(ctx, p.Host+"/app/img", tc.desc) })
+			if err != nil || digest.FromBytes(b) != tc.desc.Digest || (tc.want != nil && !bytes.Equal(b, tc.want)) {
+				t.Fatalf("%s corrupted once: %v, want the right bytes after a retry", tc.name, err)
+			}
+		})
 	}
 }

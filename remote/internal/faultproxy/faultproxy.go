@@ -1,6 +1,6 @@
 // Package faultproxy is an HTTP proxy in front of a registry that injects the faults real
 // networks and registries produce: dropped connections, delays, bursts of 503 and 429 with
-// Retry-After, wrong Content-Range, truncated bodies, multi-range requests refused (200 full
+// Retry-After, wrong Content-Range, truncated or corrupted bodies, multi-range requests refused (200 full
 // body or 400), redirects to storage URLs that expire, and a token server whose tokens
 // expire. It records every request it sees.
 package faultproxy
@@ -39,6 +39,9 @@ const (
 	MultiAs400
 	// Delay waits Delay before forwarding.
 	Delay
+	// Corrupt flips the bits of the first byte of the body: the right length, the wrong
+	// content.
+	Corrupt
 )
 
 // Fault is one fault, applied to the next Times matching requests (every one when Times < 0).
@@ -375,6 +378,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		return
+	}
+	if f != nil && f.Kind == Corrupt {
+		var first [1]byte
+		if n, _ := io.ReadFull(resp.Body, first[:]); n == 1 {
+			first[0] ^= 0xff
+			w.Write(first[:])
+		}
 	}
 	io.Copy(w, resp.Body)
 }
