@@ -29,17 +29,26 @@ func TestE2E(t *testing.T) {
 	t.Run("debian", func(t *testing.T) { testImage(t, env, debian) })
 	t.Run("ordinary images are pulled in full", func(t *testing.T) { assertFellBack(t, env, "no-bound-artifact") })
 	t.Run("only the configured platforms stream", func(t *testing.T) { testPlatforms(t, env) })
-	t.Run("estargz-debian streams", func(t *testing.T) {
-		testStreamedImage(t, env, debian.TestImage, []string{"/bin/cat", "/etc/debian_version"},
-			fileInLayers(t, debian.TestImage, "etc/debian_version"))
+	t.Run("estargz-debian", func(t *testing.T) {
+		streamed := pushStreamed(t, env, debian.TestImage)
+		restartWithStreaming(t, env, faultStreaming()...)
+		t.Run("streams", func(t *testing.T) {
+			testStreamedImage(t, env, streamed, []string{"/bin/cat", "/etc/debian_version"},
+				fileInLayers(t, debian.TestImage, "etc/debian_version"))
+		})
+		t.Run("a full cache disk", func(t *testing.T) { testFullCacheDisk(t, env, streamed) })
 	})
 }
 
-// startEnv starts registry, rill-snapshotter and containerd; the cleanup stops them and asserts
-// that nothing outlives the test.
+// startEnv starts registry, rill-snapshotter (with its metrics endpoint) and containerd; the
+// cleanup stops them and asserts that nothing outlives the test.
 func startEnv(t *testing.T) *harness.Env {
 	t.Helper()
-	env, err := harness.Start(t.Context(), harness.Options{Logf: t.Logf})
+	metrics, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := harness.Start(t.Context(), harness.Options{Logf: t.Logf, MetricsAddress: metrics})
 	if err != nil {
 		t.Fatalf("starting the test environment: %v", err)
 	}

@@ -25,11 +25,11 @@ import (
 // labelRemote marks rill's committed snapshots of streamed layers.
 const labelRemote = "dev.rill.remote.blob"
 
-// testStreamedImage pulls an eStargz image through containerd and rill, through a proxy that
-// counts the registry's bytes: the pull fetches a small fraction of the image, a container that
-// reads a few files starts after fetching little more, and a container that reads every
-// packaged file sees exactly the original content.
-func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImage, smallRead []string, smallWant string) {
+// pushStreamed converts original to eStargz and pushes it; the image it returns is named
+// through the byte-counting proxy, so that pulls and reads of it are measured (and the proxy's
+// faults reach them).
+func pushStreamed(t *testing.T, env *harness.Env, original *images.TestImage) pushedImage {
+	t.Helper()
 	ctx := t.Context()
 	img, err := images.EStargz(ctx, original, t.TempDir())
 	if err != nil {
@@ -39,12 +39,62 @@ func testStreamedImage(t *testing.T, env *harness.Env, original *images.TestImag
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Pull and run through the counting proxy.
-	ref := env.Proxy.Host() + "/" + img.Repository
-	streamed := pushedImage{TestImage: img, PushedImage: &harness.PushedImage{
-		Ref: ref, ManifestDigest: pushed.ManifestDigest, ConfigDigest: pushed.ConfigDigest,
+	return pushedImage{TestImage: img, PushedImage: &harness.PushedImage{
+		Ref: env.Proxy.Host() + "/" + img.Repository, ManifestDigest: pushed.ManifestDigest, ConfigDigest: pushed.ConfigDigest,
 		DiffIDs: pushed.DiffIDs, ChainIDs: pushed.ChainIDs, Size: pushed.Size,
 	}}
+}
+
+// faultStreaming is rill's [streaming] config for the streamed-image scenarios: no background
+// fetch, so that a file no container has read stays missing from the cache (else a read of it
+// with the registry down or corrupting would succeed, depending on timing), and the read
+// timeout the fault checks bound.
+func faultStreaming() []string {
+	return []string{"background_fetch = false", fmt.Sprintf("read_timeout = %q", faultReadTimeout)}
+}
+
+// faultReadTimeout is rill's read timeout in the streamed-image scenarios; hangSlack is how
+// much longer than it a failing read may take (container start and exit included) before the
+// test calls it a hang.
+const (
+	faultReadTimeout = 5 * time.Second
+	hangSlack        = 30 * time.Second
+)
+
+// restartWithStreaming restarts rill-snapshotter with lines as the extra lines of its
+// [streaming] config; the test's cleanup restarts it with the harness's defaults.
+func restartWithStreaming(t *testing.T, env *harness.Env, lines ...string) {
+	t.Helper()
+	restart := func(ctx context.Context, lines ...string) error {
+		if err := env.Snapshotter.SetStreaming(lines...); err != nil {
+			return err
+		}
+		if err := env.Snapshotter.Stop(ctx); err != nil {
+			return fmt.Errorf("stopping rill-snapshotter: %w", err)
+		}
+		if err := env.StartSnapshotter(ctx); err != nil {
+			return fmt.Errorf("starting rill-snapshotter with %q: %w", lines, err)
+		}
+		return nil
+	}
+	if err := restart(t.Context(), lines...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := restart(context.Background()); err != nil {
+			t.Errorf("restoring rill-snapshotter's default config: %v", err)
+		}
+	})
+}
+
+// testStreamedImage pulls an eStargz image (pushStreamed) through containerd and rill, through
+// a proxy that counts the registry's bytes: the pull fetches a small fraction of the image, a
+// container that reads a few files starts after fetching little more, the registry's faults
+// fail only reads of what is not local (testFaults), and a container that reads every
+// packaged file sees exactly the original content.
+func testStreamedImage(t *testing.T, env *harness.Env, streamed pushedImage, smallRead []string, smallWant string) {
+	ctx := t.Context()
+	img, pushed, ref := streamed.TestImage, streamed.PushedImage, streamed.Ref
 	baseline, err := env.Snapshotter.DiskUsage()
 	if err != nil {
 		t.Fatal(err)
@@ -123,13 +173,23 @@ func dataBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-// testFaults takes the registry away and crashes rill: what was read stays readable, what was
-// not fails within the read timeout and reads once the registry is back, and after a SIGKILL
-// the layers are mounted again from disk.
+// Files of the debian image that no container reads before testFaults does, far apart in the
+// eStargz blob (GPL-3 near 29 MB, cputable near 36 MB, dpkg's status near 96 MB of it), so
+// that no read of one brings another along (rill fetches up to 256 KiB of the blob's
+// following files with a miss); one for each fault.
+const (
+	unreadOutage  = "/usr/share/common-licenses/GPL-3"
+	unreadStall   = "/usr/share/dpkg/cputable"
+	unreadCorrupt = "/var/lib/dpkg/status"
+)
+
+// testFaults makes the registry fail while containers read the streamed image — down, stalled
+// (connections accepted, never answered), corrupting blob data — and crashes rill: what was
+// read stays readable; a read of what was not ends with EIO within the read timeout (nothing
+// hangs, and never with wrong bytes, corrupted ones counted as verification failures) and
+// succeeds once the registry is back; after a SIGKILL the layers are mounted again from disk.
 func testFaults(t *testing.T, env *harness.Env, img pushedImage, smallRead []string, smallWant string) {
 	ctx := t.Context()
-	const unread = "/usr/share/common-licenses/GPL-3"
-	unreadWant := fileInLayers(t, img.TestImage, unread)
 	run := func(name string, command []string) *harness.ContainerResult {
 		t.Helper()
 		res, err := env.CRI.RunInPod(ctx, podName(img)+"-"+name, img.Ref, command, 2*time.Minute)
@@ -138,24 +198,69 @@ func testFaults(t *testing.T, env *harness.Env, img pushedImage, smallRead []str
 		}
 		return res
 	}
+	// readFails reads path with the registry failing (how): the read must end with an I/O
+	// error, within the read timeout and slack, having printed at most a prefix of the file.
+	readFails := func(name, how, path, want string) {
+		t.Helper()
+		bound := faultReadTimeout + hangSlack
+		res, err := env.CRI.RunInPod(ctx, podName(img)+"-"+name, img.Ref, []string{"/bin/cat", path}, bound)
+		if err != nil {
+			t.Fatalf("%s, cat %s did not end within %s (read timeout %s + %s): a read hangs (%v)", how, path, bound, faultReadTimeout, hangSlack, err)
+		}
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Input/output error") {
+			t.Errorf("%s, cat %s (not local): exit %d, %d bytes, stderr %q; want an I/O error", how, path, res.ExitCode, len(res.Stdout), res.Stderr)
+		}
+		if !strings.HasPrefix(want, res.Stdout) {
+			t.Errorf("%s, cat %s printed %d bytes that are not the file's (never wrong bytes: an error instead)", how, path, len(res.Stdout))
+		}
+		if res.Duration > bound {
+			t.Errorf("%s, cat %s took %s to fail: more than the read timeout %s + %s", how, path, res.Duration.Round(time.Millisecond), faultReadTimeout, hangSlack)
+		}
+		t.Logf("%s, cat %s ended after %s (exit %d)", how, path, res.Duration.Round(time.Millisecond), res.ExitCode)
+	}
+	readWorks := func(name, when, path, want string) {
+		t.Helper()
+		if res := run(name, []string{"/bin/cat", path}); res.ExitCode != 0 || res.Stdout != want {
+			t.Errorf("%s, cat %s: exit %d, %d bytes (want %d), stderr %q", when, path, res.ExitCode, len(res.Stdout), len(want), res.Stderr)
+		}
+	}
 
+	// The registry down.
+	outageWant := fileInLayers(t, img.TestImage, unreadOutage)
 	env.Proxy.SetOutage(true)
 	if res := run("outage-local", smallRead); res.ExitCode != 0 || res.Stdout != smallWant {
 		t.Errorf("with the registry down, a container reading only local data: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
 	}
-	began := time.Now()
-	res := run("outage-remote", []string{"/bin/cat", unread})
-	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Input/output error") {
-		t.Errorf("with the registry down, reading data that is not local: exit %d, %d bytes, stderr %q; want an I/O error", res.ExitCode, len(res.Stdout), res.Stderr)
-	}
-	if res.Stdout != "" && !strings.HasPrefix(unreadWant, res.Stdout) {
-		t.Errorf("with the registry down, cat printed bytes that are not the file's")
-	}
-	t.Logf("with the registry down, the read failed after %s", time.Since(began).Round(time.Millisecond))
+	readFails("outage-remote", "with the registry down", unreadOutage, outageWant)
 	env.Proxy.SetOutage(false)
-	if res := run("registry-back", []string{"/bin/cat", unread}); res.ExitCode != 0 || res.Stdout != unreadWant {
-		t.Errorf("with the registry back: exit %d, %d bytes (want %d), stderr %q", res.ExitCode, len(res.Stdout), len(unreadWant), res.Stderr)
+	readWorks("registry-back", "with the registry back", unreadOutage, outageWant)
+
+	// The registry stalled: it accepts connections and never answers.
+	stallWant := fileInLayers(t, img.TestImage, unreadStall)
+	env.Proxy.SetStall(true)
+	readFails("stalled", "with the registry stalled", unreadStall, stallWant)
+	env.Proxy.SetStall(false)
+	readWorks("stall-over", "with the registry answering again", unreadStall, stallWant)
+
+	// The registry's blob data corrupted on the way: rill verifies every chunk against the
+	// TOC, so a read fails rather than return wrong bytes, and the failures are counted.
+	corruptWant := fileInLayers(t, img.TestImage, unreadCorrupt)
+	failures := metric(t, env, "rill_fs_chunk_verification_failures_total", nil)
+	corrupted := env.Proxy.Corrupted()
+	env.Proxy.SetCorrupt(true)
+	readFails("corrupt", "with the blob data corrupted", unreadCorrupt, corruptWant)
+	env.Proxy.SetCorrupt(false)
+	if env.Proxy.Corrupted() == corrupted {
+		t.Errorf("the proxy corrupted no blob range response: rill fetched nothing to read %s", unreadCorrupt)
 	}
+	if got := metric(t, env, "rill_fs_chunk_verification_failures_total", nil); got <= failures {
+		t.Errorf("rill_fs_chunk_verification_failures_total went from %v to %v with %d corrupted responses: the failures were not counted",
+			failures, got, env.Proxy.Corrupted()-corrupted)
+	}
+	if log := grepLog(t, env, "chunk failed verification"); log == "" {
+		t.Errorf("rill logged no read failing for a chunk that failed verification")
+	}
+	readWorks("corruption-over", "with the blob data intact again", unreadCorrupt, corruptWant)
 
 	if err := env.Snapshotter.Kill(ctx); err != nil {
 		t.Fatal(err)
@@ -163,12 +268,20 @@ func testFaults(t *testing.T, env *harness.Env, img pushedImage, smallRead []str
 	if err := env.StartSnapshotter(ctx); err != nil {
 		t.Fatalf("starting rill-snapshotter after SIGKILL: %v", err)
 	}
-	if res := run("after-sigkill", []string{"/bin/cat", unread}); res.ExitCode != 0 || res.Stdout != unreadWant {
-		t.Errorf("after rill was killed and restarted: exit %d, %d bytes, stderr %q", res.ExitCode, len(res.Stdout), res.Stderr)
-	}
+	readWorks("after-sigkill", "after rill was killed and restarted", unreadOutage, outageWant)
 	if log := grepLog(t, env, "streamed layer restored"); log == "" {
 		t.Errorf("rill did not restore its streamed layers after SIGKILL")
 	}
+}
+
+// metric reads a metric of rill-snapshotter (the sum of its samples with labels).
+func metric(t *testing.T, env *harness.Env, name string, labels map[string]string) float64 {
+	t.Helper()
+	v, err := env.Snapshotter.Metric(t.Context(), name, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // assertStreamed checks that every layer of img is a streamed layer in rill, streamed for

@@ -16,6 +16,7 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -33,9 +34,10 @@ type Snapshotter struct {
 	logPath string
 	proc    *Process
 
-	certsDir  string
-	metrics   string
-	streaming []string // extra [streaming] lines (SetStreaming)
+	certsDir       string
+	metrics        string
+	metricsAddress string
+	streaming      []string // extra [streaming] lines (SetStreaming)
 }
 
 const snapshotterConfig = `root = %q
@@ -49,8 +51,6 @@ async_remove = true
 
 [streaming]
 hosts_dir = %q
-# Short, so that reads of a registry that is down fail fast in the tests.
-read_timeout = "5s"
 %s%s`
 
 // streamingDefaults are [streaming] lines of the harness's config that SetStreaming can
@@ -59,8 +59,14 @@ func streamingDefaults() []string {
 	return []string{
 		// Short, so that a test can use the profile its container's start recorded.
 		`record_window = "5s"`,
+		// Short, so that reads of a registry that is down fail fast in the tests.
+		fmt.Sprintf(`read_timeout = "%s"`, DefaultReadTimeout),
 	}
 }
+
+// DefaultReadTimeout is rill-snapshotter's streaming.read_timeout in the harness, unless
+// SetStreaming sets another.
+const DefaultReadTimeout = 5 * time.Second
 
 // metricsConfig turns on rill-snapshotter's Prometheus endpoint at an address.
 const metricsConfig = `
@@ -86,7 +92,7 @@ func newSnapshotter(bin, dir, logDir, certsDir, metricsAddress string) (*Snapsho
 	if metricsAddress != "" {
 		metrics = fmt.Sprintf(metricsConfig, metricsAddress)
 	}
-	s.certsDir, s.metrics = certsDir, metrics
+	s.certsDir, s.metrics, s.metricsAddress = certsDir, metrics, metricsAddress
 	if err := s.writeConfig(); err != nil {
 		return nil, err
 	}
@@ -240,4 +246,35 @@ func diskUsage(dir string) (int64, error) {
 		return 0, fmt.Errorf("measuring the disk usage of %s: %w", dir, err)
 	}
 	return total, nil
+}
+
+// CacheDir is rill-snapshotter's cache directory (root/cache).
+func (s *Snapshotter) CacheDir() string { return filepath.Join(s.root, "cache") }
+
+// MountCacheDisk mounts a tmpfs of size bytes over the cache directory: a small disk that
+// fills up. The daemon must be stopped (it holds the cache open); UnmountCacheDisk, with the
+// daemon stopped again, brings the directory's own content back.
+func (s *Snapshotter) MountCacheDisk(size int64) error {
+	if s.proc != nil && !s.proc.Exited() {
+		return fmt.Errorf("rill-snapshotter (pid %d) runs: stop it before mounting over its cache", s.proc.PID())
+	}
+	dir := s.CacheDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the cache directory: %w", err)
+	}
+	if err := unix.Mount("rill-test-cache", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		return fmt.Errorf("mounting a %d-byte tmpfs over %s: %w", size, dir, err)
+	}
+	return nil
+}
+
+// UnmountCacheDisk unmounts what MountCacheDisk mounted; the daemon must be stopped.
+func (s *Snapshotter) UnmountCacheDisk() error {
+	if s.proc != nil && !s.proc.Exited() {
+		return fmt.Errorf("rill-snapshotter (pid %d) runs: stop it before unmounting its cache", s.proc.PID())
+	}
+	if err := unix.Unmount(s.CacheDir(), 0); err != nil {
+		return fmt.Errorf("unmounting the tmpfs over %s: %w", s.CacheDir(), err)
+	}
+	return nil
 }
