@@ -14,8 +14,10 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
 
 all: build
 
+# The daemon and the CLI.
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/rill-snapshotter ./cmd/rill-snapshotter
+	$(GO) build -o $(BIN)/rill ./cmd/rill
 
 setup:
 	bash script/setup-test-env.sh
@@ -39,7 +41,7 @@ demo: setup
 	$(GO) run ./test/cmd/demo
 
 install: build
-	PREFIX=$(PREFIX) bash script/install.sh $(BIN)/rill-snapshotter
+	PREFIX=$(PREFIX) bash script/install.sh $(BIN)/rill-snapshotter $(BIN)/rill
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

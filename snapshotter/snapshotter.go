@@ -16,6 +16,8 @@ import (
 	"github.com/rillstream/rill/cache"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/sirupsen/logrus"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Opt changes one setting of the snapshotter.
@@ -85,9 +87,9 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
-	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"))
+	ms, err := openMetaStore(ctx, filepath.Join(root, "metadata.db"))
 	if err != nil {
-		return nil, fmt.Errorf("open metadata store %s: %w", filepath.Join(root, "metadata.db"), err)
+		return nil, err
 	}
 	// The overlay snapshotter always removes asynchronously: rill deletes directories itself
 	// (Cleanup) so it can unmount whatever is mounted in them first.
@@ -115,6 +117,34 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		sn.retainCache(ctx)
 	}
 	return sn, nil
+}
+
+// metadataLockTimeout bounds the wait for the metadata store's file lock, which another process
+// on the same root holds (the daemon locks root first; this is the net under that).
+var metadataLockTimeout = 10 * time.Second
+
+// openMetaStore opens the metadata store now (containerd's opens it at the first call), so that
+// a store another process holds fails here, after metadataLockTimeout, not in every call.
+func openMetaStore(ctx context.Context, path string) (*storage.MetaStore, error) {
+	ms, err := storage.NewMetaStore(path, func(o *bolt.Options) error {
+		o.Timeout = metadataLockTimeout
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open metadata store %s: %w", path, err)
+	}
+	_, tx, err := ms.TransactionContext(ctx, false)
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open metadata store %s: another process holds it (another rill-snapshotter on the same root?) and did not let go within %s; stop it or use another root: %w", path, metadataLockTimeout, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open metadata store %s: %w", path, err)
+	}
+	if err := tx.Rollback(); err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("open metadata store %s: %w", path, err)
+	}
+	return ms, nil
 }
 
 // WithMetrics sets the collectors the snapshotter counts its decisions in.

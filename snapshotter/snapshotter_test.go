@@ -2,13 +2,17 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -155,5 +159,52 @@ func TestCleanupOnNewRoot(t *testing.T) {
 	}
 	if _, err := os.Stat(stray); !os.IsNotExist(err) {
 		t.Fatalf("stray directory survived cleanup: %v", err)
+	}
+}
+
+// A metadata store that another process holds (a second daemon on the same root) fails
+// NewSnapshotter with an error that says so, instead of waiting forever on the file lock; once
+// it is let go the snapshotter opens and its snapshots are there.
+func TestMetadataStoreHeldElsewhereFailsOpen(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	sn, err := NewSnapshotter(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.Prepare(ctx, "kept", ""); err != nil {
+		t.Fatal(err)
+	}
+	// The first holder keeps the store's lock while a second opens the same root.
+	saved := metadataLockTimeout
+	metadataLockTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { metadataLockTimeout = saved })
+	done := make(chan error, 1)
+	go func() {
+		second, err := NewSnapshotter(ctx, root)
+		if err == nil {
+			second.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("NewSnapshotter waits forever on a metadata store another process holds")
+	}
+	if err == nil || !errors.Is(err, bolterrors.ErrTimeout) || !strings.Contains(err.Error(), "another process holds it") {
+		t.Fatalf("want an error saying another process holds the metadata store, got %v", err)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewSnapshotter(ctx, root)
+	if err != nil {
+		t.Fatalf("reopening after the holder let go: %v", err)
+	}
+	defer again.Close()
+	if _, err := again.Stat(ctx, "kept"); err != nil {
+		t.Fatalf("snapshot lost: %v", err)
 	}
 }

@@ -34,6 +34,23 @@ func serve(ctx context.Context, cfg config.Config) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("root: %w", err)
 	}
+	// Before anything under root is opened: a second daemon on the same root stops here, at
+	// once, instead of waiting on the metadata store's lock or mounting what the first serves.
+	unlock, err := lockRoot(cfg.Root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// A socket in use stops the start before any state is opened (restoring streamed layers
+	// mounts them); listenUnix checks again when it listens.
+	if _, err := checkSocket(ctx, cfg.Address); err != nil {
+		return err
+	}
+	if sa := cfg.StatusSocket(); sa != "" {
+		if _, err := checkSocket(ctx, sa); err != nil {
+			return fmt.Errorf("status_address: %w", err)
+		}
+	}
 	opts, closeCache, err := streamingOptions(ctx, cfg, reg)
 	if err != nil {
 		return err

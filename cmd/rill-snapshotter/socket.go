@@ -24,17 +24,11 @@ func listenUnix(ctx context.Context, path string) (net.Listener, error) {
 			return nil, fmt.Errorf("address: create socket directory: %w", err)
 		}
 	}
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("address: %w", err)
-	case fi.Mode()&fs.ModeSocket == 0:
-		return nil, fmt.Errorf("address: %s exists and is not a socket; remove it or choose another address", path)
-	default:
-		if inUse(ctx, path) {
-			return nil, fmt.Errorf("address: %s is in use by a running process (is another rill-snapshotter running? stop it or choose another address)", path)
-		}
+	stale, err := checkSocket(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	if stale {
 		logrus.WithField("address", path).Info("replacing stale socket left by a previous run")
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("address: remove stale socket: %w", err)
@@ -49,6 +43,24 @@ func listenUnix(ctx context.Context, path string) (net.Listener, error) {
 		return nil, fmt.Errorf("address: restrict socket permissions: %w", err)
 	}
 	return lis, nil
+}
+
+// checkSocket tells whether path can be listened on: nothing there, or a socket nobody answers
+// on (stale: it must be removed first). A socket that answers, or another kind of file, is an
+// error. It changes nothing, so the daemon calls it before it opens any state too.
+func checkSocket(ctx context.Context, path string) (stale bool, _ error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("address: %w", err)
+	case fi.Mode()&fs.ModeSocket == 0:
+		return false, fmt.Errorf("address: %s exists and is not a socket; remove it or choose another address", path)
+	case inUse(ctx, path):
+		return false, fmt.Errorf("address: %s is in use by a running process (is another rill-snapshotter running? stop it or choose another address)", path)
+	}
+	return true, nil
 }
 
 // inUse reports whether a process accepts connections on the socket at path.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"golang.org/x/sys/unix"
 )
 
 // runToExit runs the daemon and returns its exit code and output; it must exit by itself.
@@ -90,9 +92,16 @@ func TestSocketInUseIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lis.Close()
-	code, out := runToExit(t, "--config", emptyConfig, "--address", sock, "--root", t.TempDir())
-	if code == 0 || !strings.Contains(out, "in use") {
+	root := t.TempDir()
+	code, out := runToExit(t, "--config", emptyConfig, "--address", sock, "--root", root)
+	if code == 0 || !strings.Contains(out, sock+" is in use") {
 		t.Fatalf("exit %d; want a refusal naming the socket in use:\n%s", code, out)
+	}
+	// It stops before opening any state (restoring streamed layers would mount them).
+	for _, name := range []string{"metadata.db", "cache", "snapshots"} {
+		if _, err := os.Lstat(filepath.Join(root, name)); !os.IsNotExist(err) {
+			t.Errorf("refused start opened state: %s exists (%v)", name, err)
+		}
 	}
 	if conn, err := net.Dial("unix", sock); err != nil {
 		t.Fatalf("the other process's socket was taken away: %v", err)
@@ -138,44 +147,98 @@ func TestSocketPermissions(t *testing.T) {
 	}
 }
 
-// SIGTERM lets in-flight work finish and exits 0; the state is reusable by the next start.
-func TestSigtermStopsCleanlyAndStateSurvives(t *testing.T) {
+// SIGTERM and SIGINT stop the daemon: exit 0, shutdown logged, and the state is reusable by
+// the next start.
+func TestSignalStopsCleanlyAndStateSurvives(t *testing.T) {
 	requireRoot(t)
-	dir, root := t.TempDir(), t.TempDir()
-	sock := filepath.Join(dir, "rill.sock")
-	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(unix.SignalName(sig), func(t *testing.T) {
+			dir, root := t.TempDir(), t.TempDir()
+			sock := filepath.Join(dir, "rill.sock")
+			ctx := namespaces.WithNamespace(context.Background(), "rill-test")
 
-	first := startDaemon(t, sock, "--root", root)
-	sn := dialSnapshotter(t, sock)
-	if _, err := sn.Prepare(ctx, "layer-active", ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := sn.Commit(ctx, "layer", "layer-active"); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-first.exited:
-		if first.err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", first.err, first.logs)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("no exit after SIGTERM")
-	}
-	if !strings.Contains(first.logs.String(), "rill-snapshotter stopped") {
-		t.Errorf("shutdown not logged:\n%s", first.logs)
-	}
+			first := startDaemon(t, sock, "--root", root)
+			sn := dialSnapshotter(t, sock)
+			if _, err := sn.Prepare(ctx, "layer-active", ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := sn.Commit(ctx, "layer", "layer-active"); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-first.exited:
+				if first.err != nil {
+					t.Fatalf("exit after %v: %v\n%s", sig, first.err, first.logs)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no exit after %v", sig)
+			}
+			if !strings.Contains(first.logs.String(), "rill-snapshotter stopped") {
+				t.Errorf("shutdown not logged:\n%s", first.logs)
+			}
+			if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+				t.Errorf("socket left behind after %v: %v", sig, err)
+			}
 
-	startDaemon(t, sock, "--root", root)
-	sn = dialSnapshotter(t, sock)
-	info, err := sn.Stat(ctx, "layer")
-	if err != nil {
-		t.Fatalf("snapshot lost across a restart: %v", err)
+			startDaemon(t, sock, "--root", root)
+			sn = dialSnapshotter(t, sock)
+			info, err := sn.Stat(ctx, "layer")
+			if err != nil {
+				t.Fatalf("snapshot lost across a restart: %v", err)
+			}
+			if info.Kind.String() != "Committed" {
+				t.Fatalf("snapshot kind after restart: %v", info.Kind)
+			}
+		})
 	}
-	if info.Kind.String() != "Committed" {
-		t.Fatalf("snapshot kind after restart: %v", info.Kind)
+}
+
+// A second daemon on the root of a running one (a second unit, a manual start to debug) exits
+// at once, non-zero, naming the root in use and the daemon that holds it; the first one goes
+// on serving. With streaming off the second used to wait forever on the metadata store's lock,
+// even through SIGTERM.
+func TestSecondDaemonOnSameRootIsRefused(t *testing.T) {
+	requireRoot(t)
+	for _, streaming := range []bool{true, false} {
+		t.Run(fmt.Sprintf("streaming=%v", streaming), func(t *testing.T) {
+			cfg := writeConfig(t, fmt.Sprintf("[streaming]\nenabled = %v\n", streaming))
+			dir, root := t.TempDir(), t.TempDir()
+			ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+			first := startDaemon(t, filepath.Join(dir, "first.sock"), "--config", cfg, "--root", root)
+			sn := dialSnapshotter(t, first.address)
+			if _, err := sn.Prepare(ctx, "before", ""); err != nil {
+				t.Fatal(err)
+			}
+
+			second := filepath.Join(dir, "second.sock")
+			code, out := runToExit(t, "--config", cfg, "--address", second, "--root", root)
+			if code == 0 {
+				t.Fatalf("a second daemon on root %s exited 0:\n%s", root, out)
+			}
+			want := fmt.Sprintf("root %s is in use by another rill-snapshotter (pid %d", root, first.cmd.Process.Pid)
+			if !strings.Contains(out, want) {
+				t.Fatalf("message does not name the root in use and its holder (want %q):\n%s", want, out)
+			}
+			if _, err := os.Lstat(second); !os.IsNotExist(err) {
+				t.Errorf("the refused daemon left a socket at %s: %v", second, err)
+			}
+
+			if _, err := sn.Prepare(ctx, "after", ""); err != nil {
+				t.Fatalf("the first daemon stopped serving: %v\n%s", err, first.logs)
+			}
+			if _, err := sn.Stat(ctx, "before"); err != nil {
+				t.Fatalf("the first daemon lost a snapshot: %v", err)
+			}
+			// The lock goes with the first daemon: the root is usable again at once.
+			first.stop(t)
+			startDaemon(t, second, "--config", cfg, "--root", root)
+			if _, err := dialSnapshotter(t, second).Stat(ctx, "after"); err != nil {
+				t.Fatalf("the root's next daemon does not see the snapshots: %v", err)
+			}
+		})
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,12 +45,16 @@ func TestNotifiesSystemd(t *testing.T) {
 	}
 }
 
-// make install lays out the binary, the unit and the default config, and keeps an existing
-// config on reinstall.
+// make install lays out both binaries (the daemon and the rill CLI), the unit and the default
+// config, and keeps an existing config on reinstall.
 func TestInstallScript(t *testing.T) {
-	dest := t.TempDir()
+	dest, bins := t.TempDir(), t.TempDir()
+	cli := filepath.Join(bins, "rill")
+	if out, err := exec.Command("go", "build", "-o", cli, "../rill").CombinedOutput(); err != nil {
+		t.Fatalf("building rill: %v\n%s", err, out)
+	}
 	install := func() string {
-		cmd := exec.Command("bash", "../../script/install.sh", daemonBinary)
+		cmd := exec.Command("bash", "../../script/install.sh", daemonBinary, cli)
 		cmd.Env = append(os.Environ(), "DESTDIR="+dest, "PREFIX=/opt/rill/bin")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -60,6 +65,7 @@ func TestInstallScript(t *testing.T) {
 	install()
 	for path, mode := range map[string]os.FileMode{
 		"opt/rill/bin/rill-snapshotter":               0o755,
+		"opt/rill/bin/rill":                           0o755,
 		"etc/systemd/system/rill-snapshotter.service": 0o644,
 		"etc/rill/config.toml":                        0o644,
 		"var/lib/rill":                                0o700 | os.ModeDir,
@@ -72,13 +78,42 @@ func TestInstallScript(t *testing.T) {
 			t.Errorf("%s: mode %v, want %v", path, fi.Mode(), mode)
 		}
 	}
-	unit, err := os.ReadFile(filepath.Join(dest, "etc/systemd/system/rill-snapshotter.service"))
+	// The installed binaries are the ones given, and run.
+	if out, err := exec.Command(filepath.Join(dest, "opt/rill/bin/rill-snapshotter"), "--version").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "rill-snapshotter test" {
+		t.Errorf("installed rill-snapshotter --version: %v %q", err, out)
+	}
+	if out, err := exec.Command(filepath.Join(dest, "opt/rill/bin/rill"), "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "Usage: rill COMMAND") {
+		t.Errorf("installed rill --help: %v %q", err, out)
+	}
+	unitText, err := os.ReadFile(filepath.Join(dest, "etc/systemd/system/rill-snapshotter.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Type=notify", "ExecStart=/opt/rill/bin/rill-snapshotter --config /etc/rill/config.toml"} {
-		if !strings.Contains(string(unit), want) {
-			t.Errorf("unit lacks %q:\n%s", want, unit)
+	unit := parseUnit(string(unitText))
+	for _, c := range []struct{ section, key, want string }{
+		{"Service", "Type", "notify"},
+		{"Service", "ExecStart", "/opt/rill/bin/rill-snapshotter --config /etc/rill/config.toml"},
+		// Started before containerd, so containerd finds the socket...
+		{"Unit", "Before", "containerd.service"},
+		// ...and enabled on its own, not as a requirement of containerd.
+		{"Install", "WantedBy", "multi-user.target"},
+	} {
+		if !slices.Contains(unit[c.section][c.key], c.want) {
+			t.Errorf("unit: [%s] %s lacks %q (has %q)", c.section, c.key, c.want, unit[c.section][c.key])
+		}
+	}
+	// Start order only: a dependency on containerd (RequiredBy, Requires, BindsTo, PartOf...)
+	// would make `systemctl restart/stop rill-snapshotter` restart or stop containerd.
+	for section, keys := range unit {
+		for key, values := range keys {
+			if section == "Unit" && key == "Before" {
+				continue
+			}
+			for _, v := range values {
+				if strings.Contains(v, "containerd.service") {
+					t.Errorf("unit: [%s] %s=%s ties rill-snapshotter to containerd beyond start order", section, key, v)
+				}
+			}
 		}
 	}
 	// The installed default config starts the daemon as it is (paths moved into the test's dirs).
@@ -96,4 +131,34 @@ func TestInstallScript(t *testing.T) {
 	if got, _ := os.ReadFile(cfg); string(got) != "# mine\n" {
 		t.Fatalf("reinstall overwrote the operator's config: %q", got)
 	}
+}
+
+// parseUnit reads a systemd unit: section -> key -> values (keys may repeat, values are
+// space-separated lists).
+func parseUnit(text string) map[string]map[string][]string {
+	unit := map[string]map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = strings.Trim(line, "[]")
+			if unit[section] == nil {
+				unit[section] = map[string][]string{}
+			}
+		default:
+			key, value, ok := strings.Cut(line, "=")
+			if !ok || section == "" {
+				continue
+			}
+			key = strings.TrimSpace(key)
+			if key == "ExecStart" {
+				unit[section][key] = append(unit[section][key], strings.TrimSpace(value))
+				continue
+			}
+			unit[section][key] = append(unit[section][key], strings.Fields(value)...)
+		}
+	}
+	return unit
 }
