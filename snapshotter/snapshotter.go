@@ -34,6 +34,14 @@ type settings struct {
 	background      bool
 	backgroundDelay time.Duration
 	recordWindow    time.Duration
+	lockTimeout     time.Duration
+}
+
+// WithMetadataLockTimeout bounds the wait for the metadata store's file lock, held by another
+// process on the same root (default 10 s; the daemon locks the root first, this is the net
+// under that).
+func WithMetadataLockTimeout(d time.Duration) Opt {
+	return func(s *settings) { s.lockTimeout = d }
 }
 
 // WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
@@ -77,7 +85,7 @@ var (
 
 // NewSnapshotter opens (or creates) the snapshotter state under root.
 func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter, error) {
-	var set settings
+	set := settings{lockTimeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&set)
 	}
@@ -87,7 +95,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
-	ms, err := openMetaStore(ctx, filepath.Join(root, "metadata.db"))
+	ms, err := openMetaStore(ctx, filepath.Join(root, "metadata.db"), set.lockTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -119,15 +127,11 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 	return sn, nil
 }
 
-// metadataLockTimeout bounds the wait for the metadata store's file lock, which another process
-// on the same root holds (the daemon locks root first; this is the net under that).
-var metadataLockTimeout = 10 * time.Second
-
 // openMetaStore opens the metadata store now (containerd's opens it at the first call), so that
-// a store another process holds fails here, after metadataLockTimeout, not in every call.
-func openMetaStore(ctx context.Context, path string) (*storage.MetaStore, error) {
+// a store another process holds fails here, after lockTimeout, not in every call.
+func openMetaStore(ctx context.Context, path string, lockTimeout time.Duration) (*storage.MetaStore, error) {
 	ms, err := storage.NewMetaStore(path, func(o *bolt.Options) error {
-		o.Timeout = metadataLockTimeout
+		o.Timeout = lockTimeout
 		return nil
 	})
 	if err != nil {
@@ -135,7 +139,7 @@ func openMetaStore(ctx context.Context, path string) (*storage.MetaStore, error)
 	}
 	_, tx, err := ms.TransactionContext(ctx, false)
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open metadata store %s: another process holds it (another rill-snapshotter on the same root?) and did not let go within %s; stop it or use another root: %w", path, metadataLockTimeout, err)
+		return nil, fmt.Errorf("open metadata store %s: another process holds it (another rill-snapshotter on the same root?) and did not let go within %s; stop it or use another root: %w", path, lockTimeout, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open metadata store %s: %w", path, err)

@@ -177,12 +177,9 @@ func TestMetadataStoreHeldElsewhereFailsOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The first holder keeps the store's lock while a second opens the same root.
-	saved := metadataLockTimeout
-	metadataLockTimeout = 200 * time.Millisecond
-	t.Cleanup(func() { metadataLockTimeout = saved })
 	done := make(chan error, 1)
 	go func() {
-		second, err := NewSnapshotter(ctx, root)
+		second, err := NewSnapshotter(ctx, root, WithMetadataLockTimeout(200*time.Millisecond))
 		if err == nil {
 			second.Close()
 		}
