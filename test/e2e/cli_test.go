@@ -90,19 +90,46 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("crictl rmi: %v", err)
 	}
 
-	testPinnedDigest(t, env, img)
-	testRecordedProfile(t, env, img, rill)
-
-	rill("delete", img.Ref)
 	reg, err := remote.New(remote.WithHostsDir(hostsDir), remote.WithCredentials(remote.Anonymous()), remote.WithDefaultScheme("http"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	testPinnedToIndex(t, env, img, reg)
+	testPinnedDigest(t, env, img)
+	testRecordedProfile(t, env, img, rill)
+
+	rill("delete", img.Ref)
 	repo := env.Registry.Host() + "/rill/debian-cli"
 	for _, ref := range []string{img.Ref, repo + "@" + img.ManifestDigest.String(), repo + "@" + artifact.String(), repo + ":" + remote.FallbackTag(digest.Digest(img.ManifestDigest.String()))} {
 		if _, err := reg.Resolve(ctx, ref); !errdefs.IsNotFound(err) {
 			t.Errorf("after rill delete, %s resolves (%v)", ref, err)
 		}
+	}
+}
+
+// testPinnedToIndex pulls the image pinned to the digest of the index its tag now names: that
+// index binds the artifact, so the pull streams with the default trust, like the tag's.
+func testPinnedToIndex(t *testing.T, env *harness.Env, img pushedImage, reg *remote.Registry) {
+	ctx := t.Context()
+	index, err := reg.Resolve(ctx, img.Ref)
+	if err != nil {
+		t.Fatalf("resolving %s: %v", img.Ref, err)
+	}
+	pinned := img.Ref[:strings.LastIndex(img.Ref, ":")] + "@" + index.Digest.String()
+	assertSnapshotsGone(t, env, img) // else containerd reuses the layers and asks rill nothing
+	from := logSize(t, env)
+	if _, err := env.CRI.Pull(ctx, pinned); err != nil {
+		t.Fatalf("crictl pull %s: %v", pinned, err)
+	}
+	assertUnpackedByRill(t, env, img)
+	log := logSince(t, env, from)
+	if n := strings.Count(grepLines(log, "layer streamed"), "reason=bound-artifact"); n != len(img.ChainIDs) {
+		t.Errorf("a pull pinned to the binding index %s: %d of %d layers streamed for the reason bound-artifact; rill's decisions:\n%s",
+			index.Digest, n, len(img.ChainIDs), grepLines(log, "layer "))
+	}
+	assertLayersRemote(t, env, img, true)
+	if err := env.CRI.RemoveImage(ctx, pinned); err != nil {
+		t.Fatalf("crictl rmi %s: %v", pinned, err)
 	}
 }
 
