@@ -54,9 +54,12 @@
 // (WithBudget; 0 is unlimited), files are evicted, least recently read or written first
 // (after a restart, by data file mtime), until usage is 1/64 of the budget below what the
 // write needs; a file is evicted whole. Never evicted: files with an open File handle, and
-// every file of a pinned layer (Layer.Pin: mounted and being made complete). If not enough
-// can be evicted, the write fails wrapping ErrNoSpace; so does a write that meets a full disk
-// (ENOSPC, EDQUOT), which leaves no record and punches out what it wrote. Either way the
+// every file of a pinned layer (Layer.Pin: the FUSE layer pins a layer for as long as it is
+// mounted, so the budget evicts only data that no mounted layer needs to be complete). If not
+// enough can be evicted — the data of mounted layers holds the budget — the write fails
+// wrapping ErrNoSpace (counted in rill_cache_write_errors_total{reason="budget"}, and a
+// warning is logged at most once a minute). So does a write that meets a full disk (ENOSPC,
+// EDQUOT), which leaves no record and punches out what it wrote. Either way the
 // store stays usable and the caller serves the bytes from the network. Store.RemoveLayer
 // frees a layer's space at once; Store.Retain removes every layer not kept.
 package cache

@@ -3,6 +3,9 @@ package cache
 import (
 	"fmt"
 	"sort"
+	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // reserve promises n more bytes on disk to a write, evicting least recently used files first
@@ -23,7 +26,38 @@ func (s *Store) reserve(n int64) error {
 	if s.tryReserve(n) {
 		return nil
 	}
-	return fmt.Errorf("%w: %d bytes do not fit the budget of %d with nothing evictable", ErrNoSpace, n, s.opts.budget)
+	s.warnBudgetHeld(n)
+	return fmt.Errorf("%w: %d bytes do not fit the budget of %d: the rest is held by pinned layers and open files, which are never evicted", ErrNoSpace, n, s.opts.budget)
+}
+
+// budgetWarnEvery is how often at most the budget being held by pinned data is logged.
+const budgetWarnEvery = time.Minute
+
+// warnBudgetHeld logs, at most once every budgetWarnEvery, that the data of pinned (mounted)
+// layers and open files holds the whole budget: the data of a mounted layer is never evicted
+// for another's, so new data is served from the network without being kept. Every write this
+// refuses is counted in rill_cache_write_errors_total{reason="budget"}. s.evictMu is held.
+func (s *Store) warnBudgetHeld(n int64) {
+	now := s.now()
+	if last := s.budgetWarned; last != 0 && now-last < int64(budgetWarnEvery) {
+		return
+	}
+	s.budgetWarned = now
+	s.mu.Lock()
+	var pinned int64
+	layers := 0
+	for _, l := range s.layers {
+		if l.pins > 0 {
+			pinned += l.usage
+			layers++
+		}
+	}
+	used, reserved := s.used, s.reserved
+	s.mu.Unlock()
+	s.log.WithFields(logrus.Fields{
+		"budget": s.opts.budget, "used": used, "reserved": reserved, "write": n,
+		"pinned_bytes": pinned, "pinned_layers": layers,
+	}).Warn("the cache budget is held by mounted layers, which are never evicted: new data is served from the network without being cached until a layer is unmounted (raise cache.max_size?)")
 }
 
 func (s *Store) tryReserve(n int64) bool {

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 )
 
 const kib = 1 << 10
@@ -89,7 +92,8 @@ func TestEvictAfterRestart(t *testing.T) {
 // evicted, that a write fails with ErrNoSpace when nothing else can go, and that unpinning
 // makes room again.
 func TestEvictSparesPinnedAndOpen(t *testing.T) {
-	s := openStore(t, t.TempDir(), WithBudget(1024*kib))
+	logger, logs := logtest.NewNullLogger()
+	s := openStore(t, t.TempDir(), WithBudget(1024*kib), WithLogger(logrus.NewEntry(logger)))
 	fakeClock(s)
 	pinned := acquire(t, s, layerDigest("pinned"))
 	pinned.Pin()
@@ -120,6 +124,22 @@ func TestEvictSparesPinnedAndOpen(t *testing.T) {
 		t.Errorf("budget write errors = %v, want 1", got)
 	}
 	mustMiss(t, f, 0, 1)
+	// The operator is told why, once (not once per refused write).
+	if err := f.WriteAt(content("big", 0, 256*kib), 0); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("second write with nothing evictable: %v, want ErrNoSpace", err)
+	}
+	var warnings []*logrus.Entry
+	for _, e := range logs.AllEntries() {
+		if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "held by mounted layers") {
+			warnings = append(warnings, e)
+		}
+	}
+	if len(warnings) != 1 {
+		t.Fatalf("%d warnings that pinned data holds the budget for two refused writes, want 1", len(warnings))
+	}
+	if got := warnings[0].Data["pinned_bytes"]; got != int64(512*kib) {
+		t.Errorf("the warning reports %v pinned bytes, want %d", got, 512*kib)
+	}
 	o2.Close()
 	pinned.Unpin()
 	mustWrite(t, f, "big", 0, 256*kib) // evicts o2 (closed) or the unpinned files

@@ -215,8 +215,8 @@ func (l *layerState) dropLocked(f *fileState) (freed int64) {
 	return freed
 }
 
-// Pin keeps the layer's files from being evicted until Unpin (or Release). Pin a layer that
-// is mounted and being made complete by background fetch.
+// Pin keeps the layer's files from being evicted until Unpin (or Release). Pin a layer for as
+// long as it is mounted (fs.Mount does).
 func (h *Layer) Pin() {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -5,7 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // Write error reasons, the values of the "reason" label of rill_cache_write_errors_total.
 const (
 	reasonNoSpace = "no_space" // the disk (or quota) is full
-	reasonBudget  = "budget"   // over budget and nothing could be evicted
+	reasonBudget  = "budget"   // over budget and nothing could be evicted: pinned (mounted) layers and open files hold it
 	reasonIO      = "io"       // any other I/O error
 )
 
@@ -45,7 +45,7 @@ func newMetrics() *Metrics {
 		}),
 		WriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_cache_write_errors_total",
-			Help: "Writes to the cache that failed, by reason (no_space, budget, io).",
+			Help: "Writes to the cache that failed, by reason: no_space (the disk is full), budget (the budget is held by mounted layers and open files, never evicted), io.",
 		}, []string{"reason"}),
 		CheckFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rill_cache_check_failures_total",

@@ -65,6 +65,8 @@ type Store struct {
 	lock    *os.File     // flock'ed: one process per directory
 	now     func() int64 // clock for LRU; replaced in tests
 	evictMu sync.Mutex   // one eviction pass at a time
+	// budgetWarned is when the budget was last found held by pinned data (s.now); evictMu.
+	budgetWarned int64
 
 	// mu guards the fields below and each layerState's refs, pins and usage. It is the
 	// innermost lock: never acquire another while holding it.

@@ -141,11 +141,10 @@ func (idx *Index) segments() []segment {
 // to reads, skipping what is local already — and, when original is given, verifies that the
 // layer decompresses to exactly the original's tar bytes. It returns ErrLayerMismatch when they
 // differ (an alarm: the artifact does not convert the image), ErrIncomplete when the cache could
-// not hold the layer, or the context's error at Unmount. The layer's cache handle is pinned
-// meanwhile, so nothing of it is evicted.
+// not hold the layer, or the context's error at Unmount. Nothing of the layer is evicted
+// meanwhile: Mount pinned its cache handle.
 func (m *Mounted) Complete(original *Original) error {
-	lc := m.lfs.cache
-	if lc == nil {
+	if m.lfs.cache == nil {
 		return fmt.Errorf("%w: no cache", ErrIncomplete)
 	}
 	ctx := m.ctx
@@ -156,8 +155,6 @@ func (m *Mounted) Complete(original *Original) error {
 			return ctx.Err()
 		}
 	}
-	lc.Pin()
-	defer lc.Unpin()
 	began := time.Now()
 	segs := m.idx.segments()
 	fetched, err := m.fetchMissing(ctx, segs)
@@ -265,9 +262,11 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		if s.chunk == nil {
 			head, err := decompressAll(part)
 			if err != nil {
-				return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %v", ErrLayerMismatch, err)
+				return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %w", ErrLayerMismatch, err)
 			}
-			r.putRecord(headSegmentKey, head)
+			if head != nil {
+				r.putRecord(headSegmentKey, head)
+			}
 			continue
 		}
 		data, extra, err := decompressSegment(part, *s.chunk)
@@ -299,12 +298,22 @@ func (m *Mounted) fetchPreemptible(ctx context.Context, buf []byte, off int64) e
 	return err
 }
 
+// decompressAll decompresses the headers before the first chunk. More than a record can keep
+// is not read (a bound against gzip bombs) and returns nil: such a layer is completed but
+// cannot be verified.
 func decompressAll(compressed []byte) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
 		return nil, err
 	}
-	return io.ReadAll(io.LimitReader(zr, maxSegmentExtra))
+	b, err := io.ReadAll(io.LimitReader(zr, maxSegmentExtra+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSegmentExtra {
+		return nil, nil
+	}
+	return b, nil
 }
 
 // verifyLayer hashes the layer's decompressed data, from the cache, in blob order: the

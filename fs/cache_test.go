@@ -127,8 +127,8 @@ func (cl *cachedLayer) mount(t *testing.T, blob io.ReaderAt, opts MountOptions) 
 	return mnt, unmount
 }
 
-// openCache opens the cache in dir and acquires and pins the layer's handle, as the
-// snapshotter does for a mounted layer; the returned function releases both.
+// openCache opens the cache in dir and acquires the layer's handle, as the snapshotter does
+// for a mounted layer (Mount pins it); the returned function releases both.
 func (cl *cachedLayer) openCache(t *testing.T, dir string, opts ...cache.Opt) (*cache.Store, *cache.Layer, func()) {
 	t.Helper()
 	s, err := cache.Open(context.Background(), dir, opts...)
@@ -139,7 +139,6 @@ func (cl *cachedLayer) openCache(t *testing.T, dir string, opts ...cache.Opt) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Pin()
 	var once sync.Once
 	closeAll := func() {
 		once.Do(func() {

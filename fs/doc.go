@@ -8,7 +8,8 @@
 //     against the digest recorded in the image (the TOC is the root of trust for every byte
 //     served) and enforces size limits;
 //   - NewIndex validates the TOC as hostile input — paths that escape or repeat, entries that
-//     conflict, chunks that do not tile their file or point outside the blob — and turns it
+//     conflict, chunks that do not tile their file, point outside the blob or are larger than
+//     the node should hold in memory (MaxChunkSize, MaxSegmentSize) — and turns it
 //     into the tree overlayfs expects of a lower layer: directories the layer only implies
 //     are created, whiteouts become 0/0 character devices and opaque markers the
 //     trusted.overlay.opaque xattr, eStargz bookkeeping entries are hidden;
@@ -16,9 +17,10 @@
 //     entries, attributes, negative lookups and pages for as long as it is mounted.
 //
 // Reads map to the file's chunks. A layer mounted with a cache (MountOptions.Cache, a
-// cache.Layer the caller owns) serves a chunk from the file's cached content when it holds
-// it; each open of a file holds its cache.File, keyed by the blob offset of the file's first
-// chunk, so nothing a reader uses is evicted under it. A chunk not cached is read from the
+// cache.Layer the caller owns, which Mount pins for as long as the layer is served: the
+// cache's budget never evicts what a mounted layer holds) serves a chunk from the file's
+// cached content when it holds it; each open of a file holds its cache.File, keyed by the
+// blob offset of the file's first chunk. A chunk not cached is read from the
 // blob (one range: its gzip member), decompressed, checked against its digest, stored in the
 // cache and returned. A miss brings along, in the same request, what is likely read next: a
 // sequential reader's following chunks (read-ahead, in a window that grows), else the rest of

@@ -35,7 +35,24 @@ const (
 	opaqueXattr         = "trusted.overlay.opaque"
 	maxNameLength       = 255
 	maxPathLength       = 4096
+	maxXattrNameLength  = 255
 	maxXattrValueLength = 64 << 10
+)
+
+// Bounds on what one chunk may ask of the node. A read, a prefetch or the background fetch
+// holds a chunk's compressed segment and its uncompressed bytes in memory at once, so a TOC
+// that declared a 64 GiB chunk (or a chunk whose segment spans most of a huge blob) would have
+// the daemon allocate that much, from a goroutine no read waits for. NewIndex refuses such
+// TOCs: the layer is then pulled in full.
+const (
+	// MaxChunkSize bounds the uncompressed size of one chunk. Writers chunk large files (rill's
+	// converter at 256 KiB by default, the estargz library at 4 MiB): a layer converted with
+	// larger chunks is not streamed.
+	MaxChunkSize = 64 << 20
+	// MaxSegmentSize bounds a segment of the blob's data: from one recorded gzip member to the
+	// next (a chunk's compressed bytes with the tar headers that follow it before the next
+	// chunk), or the headers before the first chunk.
+	MaxSegmentSize = MaxChunkSize + 64<<20
 )
 
 // Chunk is one piece of a regular file, stored in the blob as its own gzip member.
@@ -174,7 +191,9 @@ func (b *indexBuilder) build() error {
 			if e.Type != "dir" {
 				return fmt.Errorf("entry %d: the root is a %s, not a directory", i, e.Type)
 			}
-			b.applyMeta(b.idx.Root, e)
+			if err := b.applyMeta(b.idx.Root, e); err != nil {
+				return fmt.Errorf("entry %d: %v", i, err)
+			}
 			b.idx.Root.Implied = false
 			continue
 		}
@@ -303,7 +322,9 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 		if e.Type != "dir" || !existing.Implied {
 			return nil, fmt.Errorf("conflicts with an earlier entry")
 		}
-		b.applyMeta(existing, e)
+		if err := b.applyMeta(existing, e); err != nil {
+			return nil, err
+		}
 		existing.Implied = false
 		return existing, nil
 	}
@@ -356,7 +377,9 @@ func (b *indexBuilder) add(name string, e *estargz.TOCEntry) (*Node, error) {
 	default:
 		return nil, fmt.Errorf("unknown entry type %q", e.Type)
 	}
-	b.applyMeta(n, e)
+	if err := b.applyMeta(n, e); err != nil {
+		return nil, err
+	}
 	return b.place(dir, parentOf(name), base, n)
 }
 
@@ -374,7 +397,17 @@ func (b *indexBuilder) place(dir *Node, dirName, base string, n *Node) (*Node, e
 	return n, nil
 }
 
-func (b *indexBuilder) applyMeta(n *Node, e *estargz.TOCEntry) {
+// applyMeta sets n's metadata from e; it refuses extended attributes that no file system could
+// hold (the kernel's limits: names of 1 to 255 bytes without NUL, values of at most 64 KiB).
+func (b *indexBuilder) applyMeta(n *Node, e *estargz.TOCEntry) error {
+	for k, v := range e.Xattrs {
+		if k == "" || len(k) > maxXattrNameLength || strings.ContainsRune(k, 0) {
+			return fmt.Errorf("xattr name %q: invalid", k)
+		}
+		if len(v) > maxXattrValueLength {
+			return fmt.Errorf("xattr %s: value of %d bytes is longer than %d", k, len(v), maxXattrValueLength)
+		}
+	}
 	n.Mode = uint32(e.Mode) & 0o7777
 	n.UID, n.GID = uint32(e.UID), uint32(e.GID)
 	n.ModTime, n.ModTimeNsec = 0, 0
@@ -387,6 +420,7 @@ func (b *indexBuilder) applyMeta(n *Node, e *estargz.TOCEntry) {
 		}
 		n.Xattrs[b.intern(k)] = v
 	}
+	return nil
 }
 
 func (b *indexBuilder) chunk(e *estargz.TOCEntry, fileOffset, fileSize int64) (Chunk, error) {
@@ -402,6 +436,9 @@ func (b *indexBuilder) chunk(e *estargz.TOCEntry, fileOffset, fileSize int64) (C
 	}
 	if size <= 0 {
 		return Chunk{}, fmt.Errorf("chunk at %d has size %d", fileOffset, size)
+	}
+	if size > MaxChunkSize {
+		return Chunk{}, fmt.Errorf("chunk at %d has %d bytes, more than the limit of %d", fileOffset, size, MaxChunkSize)
 	}
 	d, err := digest.Parse(e.ChunkDigest)
 	if err != nil {
@@ -440,6 +477,14 @@ func (b *indexBuilder) finish() error {
 			return fmt.Errorf("two chunks stored at blob offset %d", b.offsets[i])
 		}
 	}
+	// Every byte of the data lies in one segment, and each segment is fetched whole.
+	prev := int64(0)
+	for _, off := range append(b.offsets, b.toc.Offset) {
+		if off-prev > MaxSegmentSize {
+			return fmt.Errorf("%d bytes of the blob from offset %d to the next gzip member the TOC records (at %d), more than the limit of %d", off-prev, prev, off, MaxSegmentSize)
+		}
+		prev = off
+	}
 	for _, n := range b.chunked {
 		last := n.Chunks[len(n.Chunks)-1]
 		if last.Offset+last.Size != n.Size {
@@ -454,6 +499,20 @@ func (b *indexBuilder) finish() error {
 			}
 		}
 	}
+	// A directory the layer only implies, extracted, is created in its parent: under a
+	// set-group-ID parent it takes the parent's group.
+	var walk func(n *Node)
+	walk = func(n *Node) {
+		for _, c := range n.Children {
+			if c.Kind == KindDir {
+				if c.Implied {
+					impliedDefaults(c, n)
+				}
+				walk(c)
+			}
+		}
+	}
+	walk(b.idx.Root)
 	// The listings of all directories share two arrays of exactly their size.
 	total := 0
 	for _, n := range b.nodes {
@@ -534,12 +593,14 @@ func (n *Node) GoMode() os.FileMode {
 	return m
 }
 
-// DropWhiteouts removes the whiteouts of a layer that has no layer below it: they delete
-// nothing there, and overlayfs would list them in directories it does not merge (as entries
-// that cannot be opened). containerd's extraction of a first layer drops them the same way.
+// DropWhiteouts removes the whiteouts and opaque markers of a layer that has no layer below
+// it: they hide nothing there, and overlayfs would list whiteouts in directories it does not
+// merge (as entries that cannot be opened). containerd's extraction of a first layer drops
+// them the same way.
 func (idx *Index) DropWhiteouts() {
 	var walk func(n *Node)
 	walk = func(n *Node) {
+		delete(n.Xattrs, opaqueXattr)
 		names, children := n.Names[:0], n.Children[:0]
 		for i, name := range n.Names {
 			c := n.Children[i]

@@ -24,6 +24,11 @@ func tocOf(entries ...*estargz.TOCEntry) *TOC {
 	return &TOC{JTOC: &estargz.JTOC{Version: 1, Entries: entries}, Offset: 10_000, BlobSize: 10_100}
 }
 
+// hugeTOC is a TOC of a 1 TiB blob (whose data ends just before its end).
+func hugeTOC(entries ...*estargz.TOCEntry) *TOC {
+	return &TOC{JTOC: &estargz.JTOC{Version: 1, Entries: entries}, Offset: 1 << 40, BlobSize: 1<<40 + 100}
+}
+
 // Hostile or broken TOCs are refused before anything is mounted.
 func TestNewIndexRejectsHostileTOCs(t *testing.T) {
 	cases := []struct {
@@ -65,6 +70,17 @@ func TestNewIndexRejectsHostileTOCs(t *testing.T) {
 		{"device number out of range", tocOf(&estargz.TOCEntry{Name: "a", Type: "char", DevMajor: 1 << 20}), "out of range"},
 		{"root is a file", tocOf(&estargz.TOCEntry{Name: "./", Type: "reg"}), "root"},
 		{"null entry", tocOf(nil), "null"},
+		{"xattr value too long", tocOf(&estargz.TOCEntry{Name: "d", Type: "dir", Xattrs: map[string][]byte{"user.big": make([]byte, 64<<10+1)}}), "longer than"},
+		{"xattr without a name", tocOf(&estargz.TOCEntry{Name: "d", Type: "dir", Xattrs: map[string][]byte{"": []byte("x")}}), "xattr name"},
+		// Memory bombs: the size of a chunk, or of the blob span fetched with it, is what a read,
+		// prefetch or the background fetch allocates.
+		{"64 GiB file in one chunk", hugeTOC(&estargz.TOCEntry{Name: "a", Type: "reg", Size: 64 << 30, Offset: 100, ChunkDigest: chunkDigest}), "more than the limit"},
+		{"chunk just over the limit", hugeTOC(
+			&estargz.TOCEntry{Name: "a", Type: "reg", Size: 2*MaxChunkSize + 1, Offset: 100, ChunkSize: MaxChunkSize, ChunkDigest: chunkDigest},
+			&estargz.TOCEntry{Name: "a", Type: "chunk", Offset: 200, ChunkOffset: MaxChunkSize, ChunkDigest: chunkDigest}), "more than the limit"},
+		{"chunk whose blob span is too long", hugeTOC(reg("a", 1, 100)), "more than the limit"},
+		{"headers before the first chunk too long", hugeTOC(reg("a", 1, 1<<40-10)), "more than the limit"},
+		{"headers of a layer without data too long", hugeTOC(&estargz.TOCEntry{Name: "d", Type: "dir"}), "more than the limit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -148,6 +164,9 @@ func TestLoadTOC(t *testing.T) {
 		{"truncated blob", blob[:len(blob)-10], l.TOCDigest, Limits{}, ""},
 		{"tiny blob", blob[:20], l.TOCDigest, Limits{}, "smaller than"},
 		{"not eStargz", testlayer.Gzip([]byte(strings.Repeat("x", 1000))), l.TOCDigest, Limits{}, "footer"},
+		// A gzip extra field shorter than its subfield length claims: estargz's own footer
+		// parser panics on it (found by FuzzLoadTOC).
+		{"footer with a short extra field", append(bytes.Clone(blob[:100]), "\x1f\x8b\b$000000\x10\x00SG\x16\x0000000000000000000000000000000000000"...), l.TOCDigest, Limits{}, "footer"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -170,6 +189,10 @@ func FuzzNewIndex(f *testing.F) {
 	seed, _ := json.Marshal(toc.JTOC)
 	f.Add(seed, toc.Offset)
 	f.Add([]byte(`{"version":1,"entries":[{"name":"a/../b","type":"reg","size":1,"offset":5}]}`), int64(100))
+	// Memory bombs: a 64 GiB chunk, a chunk whose blob span is 1 TiB.
+	f.Add([]byte(`{"version":1,"entries":[{"name":"a","type":"reg","size":68719476736,"offset":100,"chunkDigest":"`+chunkDigest+`"}]}`), int64(1<<40))
+	f.Add([]byte(`{"version":1,"entries":[{"name":"a","type":"reg","size":1,"offset":100,"chunkDigest":"`+chunkDigest+`"}]}`), int64(1<<40))
+	f.Add([]byte(`{"version":1,"entries":[{"name":"d","type":"dir","xattrs":{"":"eA=="}}]}`), int64(100))
 	f.Fuzz(func(t *testing.T, tocJSON []byte, tocOffset int64) {
 		var jtoc estargz.JTOC
 		if json.Unmarshal(tocJSON, &jtoc) != nil {
@@ -184,6 +207,9 @@ func FuzzNewIndex(f *testing.F) {
 			for _, c := range n.Chunks {
 				if c.BlobOffset <= 0 || c.BlobEnd > tocOffset || c.BlobOffset >= c.BlobEnd || c.Size <= 0 {
 					t.Fatalf("accepted a chunk outside the data: %+v (data ends at %d)", c, tocOffset)
+				}
+				if c.Size > MaxChunkSize || c.BlobEnd-c.BlobOffset > MaxSegmentSize {
+					t.Fatalf("accepted a chunk larger than the limits: %+v", c)
 				}
 			}
 			for _, name := range n.Names {

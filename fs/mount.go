@@ -28,9 +28,11 @@ type MountOptions struct {
 	Debug bool
 	// Cache holds the layer's cached file contents: reads are served from it where it has the
 	// bytes, and verified chunks fetched from the blob are stored in it. nil reads from the
-	// blob only. The caller owns the handle: it acquires it (Store.Layer), pins it while the
-	// layer is mounted (so that what it reads stays), and releases it once the layer is no
-	// longer served (Unmount returned nil, or Wait returned). Mount neither pins nor releases.
+	// blob only. Mount pins the handle for as long as the layer is served, so that nothing of
+	// a mounted layer is evicted (the cache's budget evicts only data no mounted layer needs),
+	// and unpins it when the server stops. The caller owns the handle: it acquires it
+	// (Store.Layer) and releases it once the layer is no longer served (Unmount returned nil,
+	// or Wait returned).
 	Cache *cache.Layer
 	// NoPassthrough keeps every read in user space, even of files complete in the cache.
 	NoPassthrough bool
@@ -105,6 +107,9 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		lfs.reader.neighbours = idx.segments()[1:] // without the headers before the first chunk
 	}
 	root := &node{n: idx.Root, ino: 1, layer: lfs}
+	if opts.Cache != nil {
+		opts.Cache.Pin()
+	}
 	timeout := cacheForever
 	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -125,7 +130,18 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		},
 	})
 	if err != nil {
+		if opts.Cache != nil {
+			opts.Cache.Unpin()
+		}
 		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+	}
+	if opts.Cache != nil {
+		// However the server stops (Unmount, an unmount from outside, the last user of a
+		// detached mount letting go), the layer is no longer served.
+		go func() {
+			server.Wait()
+			opts.Cache.Unpin()
+		}()
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	return &Mounted{server: server, mountpoint: mountpoint, lfs: lfs, idx: idx, ctx: bg, cancel: cancel}, nil

@@ -179,7 +179,7 @@ func coalesce(chunks []prefetchChunk) [][]prefetchChunk {
 }
 
 // fetchRange fetches one coalesced range, verifies each chunk in it and stores it. A chunk
-// that fails verification is left to on-demand reads (which retry and count it).
+// that fails verification is counted and left to on-demand reads (which fetch it again).
 func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles map[*Node]*cache.File) error {
 	// No yielding to reads here (the background fetch yields): prefetch fetches what the
 	// container is about to read, and reads have request slots of their own at every host.
@@ -196,6 +196,7 @@ func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles 
 		c := pc.chunk
 		data, extra, err := decompressSegment(buf[c.BlobOffset-start:c.BlobEnd-start], c)
 		if err != nil {
+			p.lfs.metrics.verificationFailures.Inc()
 			p.lfs.log.WithError(err).Debug("prefetched chunk failed verification; left to reads")
 			continue
 		}
@@ -206,8 +207,11 @@ func (p *prefetcher) fetchRange(ctx context.Context, r []prefetchChunk, handles 
 }
 
 // maxSegmentExtra bounds the decompressed bytes that follow a chunk in its blob segment (tar
-// padding and the headers of the entries up to the next chunk): a bound against gzip bombs.
-const maxSegmentExtra = 256 << 20
+// padding and the headers of the entries up to the next chunk): what a record can keep
+// (longer runs are not kept anyway), and a bound against gzip bombs: a few KiB of gzip can
+// decompress to GiBs, and reads, prefetch and the background fetch decompress segments from
+// goroutines at once.
+const maxSegmentExtra = recordSize - 8
 
 // decompressSegment decompresses a chunk's blob segment — the gzip members from the chunk's
 // offset to the next chunk's — and returns the chunk's bytes, verified against its digest, and

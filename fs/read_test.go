@@ -23,6 +23,9 @@ type faultyBlob struct {
 	flips  atomic.Int64
 	stall  chan struct{} // reads block until closed
 	reads  atomic.Int64
+	// covering counts the reads that returned the byte at flipAt; spans the first of them.
+	covering  atomic.Int64
+	firstSpan atomic.Int64
 }
 
 func (b *faultyBlob) ReadAt(p []byte, off int64) (int, error) {
@@ -35,6 +38,9 @@ func (b *faultyBlob) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := copy(p, b.data[off:])
 	if b.flipAt >= off && b.flipAt < off+int64(n) {
+		if b.covering.Add(1) == 1 {
+			b.firstSpan.Store(int64(n))
+		}
 		if left := b.flips.Load(); left != 0 {
 			b.flips.Add(-1)
 			p[b.flipAt-off] ^= 0x55
@@ -107,6 +113,62 @@ func TestCorruptChunkIsNeverServed(t *testing.T) {
 			// The kernel may retry a failed read with a smaller one: each try counts.
 			if n := testutil.ToFloat64(metrics.verificationFailures); n < c.wantFails || (c.wantErr && int(n)%2 != 0) || (!c.wantErr && n != c.wantFails) {
 				t.Errorf("verification failures counted: %v, want %v", n, c.wantFails)
+			}
+			if b, err := os.ReadFile(filepath.Join(mnt, "bystander")); err != nil || string(b) != "fine\n" {
+				t.Errorf("another file: %q, %v", b, err)
+			}
+		})
+	}
+}
+
+// The same with a cache, where a miss fetches the chunk in one request with the chunks that
+// follow it: a chunk that fails verification there is counted, and fetched once more only —
+// alone — before the read gets EIO. Every fetch of it that fails verification is counted.
+func TestCorruptChunkIsNeverServedFromASpan(t *testing.T) {
+	entries := []testlayer.Entry{
+		testlayer.Reg("victim", testlayer.RandomBytes(9, 200<<10), 0o644),
+		testlayer.Reg("bystander", []byte("fine\n"), 0o644),
+	}
+	cl := newCachedLayer(t, entries)
+	victim := cl.index(t).Root.Child("victim").Chunks[0] // the chunk a first read leads with
+
+	cases := []struct {
+		name      string
+		flips     int64
+		wantErr   bool
+		wantFails float64
+	}{
+		{"corrupted in transit once: fetched once more, served right", 1, false, 1},
+		{"corrupted every time: EIO after two fetches", -1, true, 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, layer, _ := cl.openCache(t, t.TempDir())
+			blob := &faultyBlob{data: cl.blob, flipAt: victim.BlobOffset + (victim.BlobEnd-victim.BlobOffset)/2}
+			blob.flips.Store(c.flips)
+			metrics := NewMetrics()
+			mnt, _ := cl.mount(t, blob, MountOptions{Cache: layer, Metrics: metrics})
+
+			got, err := os.ReadFile(filepath.Join(mnt, "victim"))
+			if c.wantErr {
+				if !errors.Is(err, syscall.EIO) {
+					t.Fatalf("read of a corrupt chunk: err %v, %d bytes; want EIO", err, len(got))
+				}
+			} else if err != nil || !bytes.Equal(got, entries[0].Body) {
+				t.Fatalf("read after one corrupted transfer: err %v, equal %v", err, bytes.Equal(got, entries[0].Body))
+			}
+			if span := blob.firstSpan.Load(); span <= victim.BlobEnd-victim.BlobOffset {
+				t.Fatalf("the first fetch of the chunk was %d bytes, not a span with the chunks after it: the test does not test spans", span)
+			}
+			fails, fetches := testutil.ToFloat64(metrics.verificationFailures), blob.covering.Load()
+			if c.wantErr {
+				// The kernel may retry a failed read with a smaller one: each try fetches the
+				// chunk twice and counts both.
+				if fails < c.wantFails || int(fails)%2 != 0 || float64(fetches) != fails {
+					t.Errorf("%d fetches of the corrupt chunk, %v verification failures counted; want 2 of each per read tried", fetches, fails)
+				}
+			} else if fails != c.wantFails || fetches != 2 {
+				t.Errorf("%d fetches of the chunk, %v verification failures counted; want 2 fetches, 1 failure", fetches, fails)
 			}
 			if b, err := os.ReadFile(filepath.Join(mnt, "bystander")); err != nil || string(b) != "fine\n" {
 				t.Errorf("another file: %q, %v", b, err)

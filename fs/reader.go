@@ -160,8 +160,14 @@ func (r *chunkReader) preemptible(ctx context.Context) (context.Context, func())
 // verification is read once more (a transfer may have been corrupted on the way); a second
 // failure is an error wrapping ErrChunkVerification.
 func (r *chunkReader) read(ctx context.Context, c Chunk) ([]byte, error) {
+	return r.readAttempts(ctx, c, 2)
+}
+
+// readAttempts is read with at most attempts fetches of c; each that fails verification is
+// counted.
+func (r *chunkReader) readAttempts(ctx context.Context, c Chunk, attempts int) ([]byte, error) {
 	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
+	for attempt := 0; attempt < attempts; attempt++ {
 		data, err := r.readOnce(ctx, c)
 		if err == nil {
 			return data, nil
@@ -295,13 +301,19 @@ func (r *chunkReader) lead(ctx context.Context, n *Node, i int, cf *cache.File, 
 	}
 	var data []byte
 	err := errNotFetched
+	attempts := 2 // a chunk that fails verification is fetched once more
 	if len(following) > 0 {
 		data, err = r.readSpan(ctx, c, following)
+		if errors.Is(err, ErrChunkVerification) {
+			// Fetched, and wrong: that was the first of its two fetches.
+			r.metrics.verificationFailures.Inc()
+			attempts = 1
+		}
 	}
 	if err != nil {
-		// Alone, or once more if the fetch of the span failed: read retries a chunk that
-		// fails verification.
-		data, err = r.read(ctx, c)
+		// Alone, or again if the fetch of the span failed (once more only if the span
+		// brought c and it failed verification).
+		data, err = r.readAttempts(ctx, c, attempts)
 	}
 	if err != nil {
 		return fetched{}, err
@@ -333,7 +345,8 @@ func (r *chunkReader) planRun(n *Node, i int, cf *cache.File, end, ahead int64) 
 // readSpan fetches chunk c with the chunks that follow it in the blob (following, whose
 // flights it claimed) in one request, stores and lands the following ones — those it could
 // not fetch or verify land with errNotFetched — and returns c's bytes. Any failure for c is
-// returned for the caller to fall back to a plain read of c.
+// returned for the caller to fall back to a plain read of c. Chunks that fail verification
+// are counted here, c by the caller.
 func (r *chunkReader) readSpan(ctx context.Context, c Chunk, following []spanChunk) ([]byte, error) {
 	start, end := c.BlobOffset, following[len(following)-1].chunk.BlobEnd
 	buf := make([]byte, end-start)
@@ -358,6 +371,9 @@ func (r *chunkReader) readSpan(ctx context.Context, c Chunk, following []spanChu
 	for _, sc := range following {
 		data, err := decompress(sc.chunk)
 		if err != nil {
+			if errors.Is(err, ErrChunkVerification) {
+				r.metrics.verificationFailures.Inc() // never served; its readers fetch it again
+			}
 			r.flights.land(sc.chunk.BlobOffset, sc.flight, fetched{}, fmt.Errorf("%w: %w", errNotFetched, err))
 			sc.close()
 			continue

@@ -1,10 +1,13 @@
 package fstree
 
 import (
+	"archive/tar"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -13,10 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Describe describes every path below root (root itself excluded). Directory mtimes and the
-// mtimes of whiteouts (0/0 character devices) are left out: extraction sets them to the time
-// it ran, for directories a layer only implies and for whiteouts.
-func Describe(root string) (map[string]string, error) {
+// Describe describes every path below root (root itself excluded). Mtimes are given to the
+// nanosecond, directories' included, except for the paths in noMtime (relative to root) and
+// for whiteouts (0/0 character devices): extraction sets those to the time it ran — pass the
+// directories the layers only imply (ImpliedDirs) as noMtime.
+func Describe(root string, noMtime map[string]bool) (map[string]string, error) {
 	out := map[string]string{}
 	firstByInode := map[uint64]string{}
 	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
@@ -31,8 +35,9 @@ func Describe(root string) (map[string]string, error) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "mode=%v uid=%d gid=%d", fi.Mode(), st.Uid, st.Gid)
 		isWhiteout := fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0
-		if !fi.IsDir() && !isWhiteout {
-			fmt.Fprintf(&b, " mtime=%d", fi.ModTime().Unix())
+		if !isWhiteout && !noMtime[rel] {
+			mtime := fi.ModTime()
+			fmt.Fprintf(&b, " mtime=%d.%09d", mtime.Unix(), mtime.Nanosecond())
 		}
 		switch {
 		case fi.Mode().IsRegular():
@@ -126,4 +131,39 @@ func Diff(want, got map[string]string) []string {
 		}
 	}
 	return diffs
+}
+
+// ImpliedDirs returns the directories a tar layer implies without listing them: the parents
+// of its entries (whiteouts and opaque markers included) that have no entry of their own,
+// as paths relative to the layer root. Extraction creates them at the time it runs.
+func ImpliedDirs(r io.Reader) (map[string]bool, error) {
+	listed := map[string]bool{}
+	parents := map[string]bool{}
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read layer tar: %w", err)
+		}
+		name := path.Clean("/" + hdr.Name)[1:]
+		if name == "" {
+			continue
+		}
+		if hdr.Typeflag == tar.TypeDir {
+			listed[name] = true
+		}
+		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
+			parents[dir] = true
+		}
+	}
+	implied := map[string]bool{}
+	for dir := range parents {
+		if !listed[dir] {
+			implied[dir] = true
+		}
+	}
+	return implied, nil
 }

@@ -1,9 +1,11 @@
 package images
 
 import (
+	"archive/tar"
 	"compress/gzip"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -43,7 +45,7 @@ func Fixture(ctx context.Context, repoRoot, dir string, opts FixtureOptions) (*T
 		return nil, err
 	}
 	layers := []*harness.Layer{checkerLayer}
-	for i, members := range [][]member{baseLayer(), changesLayer()} {
+	for i, members := range [][]member{baseLayer(), changesLayer(), edgesLayer()} {
 		l, err := writeLayer(filepath.Join(dir, fmt.Sprintf("layer-%d.tar.gz", i+1)), gzip.DefaultCompression, members)
 		if err != nil {
 			return nil, fmt.Errorf("writing fixture layer %d: %w", i+1, err)
@@ -149,6 +151,62 @@ func changesLayer() []member {
 		hardlink("fixture/hard/upper-b", "fixture/hard/upper-a", 0o644, 0, 0),
 		dir("fixture/owned", 0o755, 2000, 2000), // metadata change of a lower directory
 	}
+}
+
+// edgesLayer holds what layers seldom hold but an unpacker must get right all the same:
+// entries whose parent directories the layer does not list (some image tools omit them), the
+// longest names a file system takes (255 bytes, in ASCII and in two-byte UTF-8), unicode names
+// (CJK, emoji, right-to-left, the same letter composed and decomposed), and files that are
+// mostly zeros: holes in the file they were made from, which a tar layer stores as zeros.
+func edgesLayer() []member {
+	return []member{
+		// No entries for fixture/implied, fixture/implied/a, fixture/implied/a/b or
+		// fixture/implied/c: the layer only implies them.
+		file("fixture/implied/a/b/deep.txt", 0o640, 1000, 1000, "all my parents are implied\n"),
+		hardlink("fixture/implied/a/b/deep-link.txt", "fixture/implied/a/b/deep.txt", 0o640, 1000, 1000),
+		symlink("fixture/implied/c/link", "../a/b/deep.txt", 0, 0),
+		dir("fixture/edge-names", 0o755, 0, 0),
+		file("fixture/edge-names/"+strings.Repeat("n", 251)+".txt", 0o644, 0, 0, "a 255-byte name\n"),
+		file("fixture/edge-names/"+strings.Repeat("é", 127)+"x", 0o644, 0, 0, "a 255-byte name of two-byte letters\n"),
+		file("fixture/edge-names/日本語のファイル名.txt", 0o644, 0, 0, "CJK\n"),
+		file("fixture/edge-names/emoji 🦀😀.txt", 0o644, 0, 0, "emoji\n"),
+		file("fixture/edge-names/עברית العربية", 0o644, 0, 0, "right to left\n"),
+		file("fixture/edge-names/caf\u00e9", 0o644, 0, 0, "é composed (NFC)\n"),
+		file("fixture/edge-names/cafe\u0301", 0o644, 0, 0, "é decomposed (NFD): another name\n"),
+		dir("fixture/sparse", 0o755, 0, 0),
+		bigFile("fixture/sparse/holes.bin", 0o644, 40<<20, io.MultiReader(
+			strings.NewReader("head\n"), zeros(16<<20-5), // 16 MiB
+			strings.NewReader("middle\n"), zeros(24<<20-7-5), // 24 MiB
+			strings.NewReader("tail\n"))),
+		bigFile("fixture/sparse/all-zeros.bin", 0o600, 8<<20, zeros(8<<20)),
+	}
+}
+
+// EquivalenceLayer holds what the fixture image cannot carry to the e2e checker — device
+// nodes (manifest.Tree does not model them, and a runtime provides /dev), and a directory that
+// the layer only implies above a directory of a lower layer whose mode is not the default (an
+// unpacker gives it the lower directory's mode, owner and xattrs: containerd's WithParents) —
+// for the in-process equivalence test, which stacks it on the fixture's layers.
+func EquivalenceLayer(path string) (*harness.Layer, error) {
+	dev := func(typ byte, name string, major, minor int64) member {
+		h := header(typ, name, 0o660, 0, 6)
+		h.Devmajor, h.Devminor = major, minor
+		return member{hdr: h}
+	}
+	return writeLayer(path, gzip.DefaultCompression, []member{
+		dir("devices", 0o755, 0, 0),
+		dev(tar.TypeChar, "devices/null", 1, 3),
+		dev(tar.TypeChar, "devices/tty-high-minor", 136, 70000),
+		dev(tar.TypeBlock, "devices/loop0", 7, 0),
+		fifo("devices/fifo", 0o600),
+		// fixture/sticky (1777) and fixture/xattrs/dir (an xattr) come from the base layer.
+		file("fixture/sticky/added-without-listing-the-dir", 0o644, 0, 0, "in a directory implied over a sticky one\n"),
+		file("fixture/xattrs/dir/added", 0o644, 0, 0, "in a directory implied over one with xattrs\n"),
+		// A whiteout and an opaque directory in a directory the layer only implies.
+		whiteout("fixture/implied/a/b/deep-link.txt"),
+		opaque("fixture/edge-names"),
+		file("fixture/edge-names/only-this", 0o644, 0, 0, "the opaque directory's only entry\n"),
+	})
 }
 
 // bigLayer holds one large file of deterministic pseudo-random bytes (incompressible, like most

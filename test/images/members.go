@@ -42,6 +42,16 @@ func bigFile(name string, mode int64, size int64, content io.Reader) member {
 	return member{hdr: h, content: io.LimitReader(content, size)}
 }
 
+// zeros returns n zero bytes.
+func zeros(n int64) io.Reader { return io.LimitReader(zeroReader{}, n) }
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
 func symlink(name, target string, uid, gid int) member {
 	h := header(tar.TypeSymlink, name, 0o777, uid, gid)
 	h.Linkname = target
