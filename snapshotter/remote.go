@@ -130,6 +130,8 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	bottom := parent == ""
 	if bottom {
 		idx.DropWhiteouts()
+	} else {
+		s.inheritImplied(ctx, idx, parent)
 	}
 	prefetch := prefetchPaths(idx, layer.Prefetch)
 	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
@@ -157,6 +159,38 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	ml.mounted.Prefetch(prefetch)
 	s.startBackground(ml, layer.Original)
 	return layer.Reason, nil
+}
+
+// inheritImplied gives the directories the layer only implies the metadata of the same
+// directories in the layers below parent, as containerd's extraction does (else an upper layer
+// that adds /tmp/x without listing /tmp would turn /tmp from 1777 into 0755). It never fails
+// the layer: a lower it cannot read leaves the defaults, with a warning.
+func (s *Snapshotter) inheritImplied(ctx context.Context, idx *rillfs.Index, parent string) {
+	lowers, err := s.lowerDirs(ctx, parent)
+	if err == nil {
+		err = idx.InheritImplied(lowers)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("parent", parent).Warn("directories the layer only implies keep default metadata where the layers below could not be read")
+	}
+}
+
+// lowerDirs returns the directories of the snapshot parent and its parents, topmost first
+// (overlayfs's lowerdir order).
+func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, error) {
+	var dirs []string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		for name := parent; name != ""; {
+			id, info, _, err := storage.GetInfo(ctx, name)
+			if err != nil {
+				return fmt.Errorf("parent snapshot %s: %w", name, err)
+			}
+			dirs = append(dirs, filepath.Join(s.snapshotsDir(), id, "fs"))
+			name = info.Parent
+		}
+		return nil
+	})
+	return dirs, err
 }
 
 // prefetchPaths returns the files of the layer to prefetch: the profile's paths this layer

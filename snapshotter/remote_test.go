@@ -165,6 +165,10 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 		testlayer.Dir("opaque/", 0o755),
 		testlayer.Reg("opaque/.wh..wh..opq", nil, 0o600),
 		testlayer.Reg("opaque/new", []byte("new\n"), 0o644),
+		// tmp/ (1777) and srv/shared/ (set-group-ID) are only implied here: they keep the
+		// metadata of the layer below, as containerd's extraction keeps it.
+		testlayer.Reg("tmp/from-above", []byte("above\n"), 0o644),
+		testlayer.Reg("srv/shared/from-above", []byte("above\n"), 0o644),
 	}
 	resolver, digests := newLocalResolver(t, lower, upper)
 	ctx := namespaces.WithNamespace(context.Background(), "rill-test")

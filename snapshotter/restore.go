@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -22,10 +23,12 @@ import (
 // restored is logged and counted, and its snapshot stays (reads of it fail); it never keeps
 // the daemon from starting.
 func (s *Snapshotter) restore(ctx context.Context) {
-	type streamed struct{ id, name string }
+	type streamed struct{ id, name, parent string }
 	var layers []streamed
+	parents := map[string]string{} // every snapshot's parent, by name
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			parents[info.Name] = info.Parent
 			if info.Kind != snapshots.KindCommitted || info.Labels[labelRemote] == "" {
 				return nil
 			}
@@ -33,7 +36,7 @@ func (s *Snapshotter) restore(ctx context.Context) {
 			if err != nil {
 				return err
 			}
-			layers = append(layers, streamed{id: id, name: info.Name})
+			layers = append(layers, streamed{id: id, name: info.Name, parent: info.Parent})
 			return nil
 		})
 	})
@@ -41,9 +44,19 @@ func (s *Snapshotter) restore(ctx context.Context) {
 		log.G(ctx).WithError(err).Error("cannot list streamed layers to restore")
 		return
 	}
+	// Lower layers first: a layer's implied directories take their metadata from the layers
+	// below it, which must be mounted to be read.
+	depth := func(name string) int {
+		n := 0
+		for p := parents[name]; p != "" && n <= len(parents); p = parents[p] {
+			n++
+		}
+		return n
+	}
+	sort.SliceStable(layers, func(i, j int) bool { return depth(layers[i].name) < depth(layers[j].name) })
 	for _, l := range layers {
 		entry := log.G(ctx).WithField("snapshot", l.name).WithField("id", l.id)
-		if err := s.restoreLayer(ctx, l.id); err != nil {
+		if err := s.restoreLayer(ctx, l.id, l.parent); err != nil {
 			s.metrics.restores.WithLabelValues("degraded").Inc()
 			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until its image is removed and pulled again")
 			s.mountUnavailable(ctx, l.id)
@@ -54,7 +67,7 @@ func (s *Snapshotter) restore(ctx context.Context) {
 	}
 }
 
-func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
+func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error {
 	dir := filepath.Join(s.snapshotsDir(), id)
 	data, err := os.ReadFile(filepath.Join(dir, recordFile))
 	if err != nil {
@@ -78,6 +91,8 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id string) error {
 	}
 	if rec.Bottom {
 		idx.DropWhiteouts()
+	} else if parent != "" {
+		s.inheritImplied(ctx, idx, parent)
 	}
 	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
 	if err != nil {
