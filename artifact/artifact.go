@@ -12,6 +12,11 @@ const (
 	FormatVersion = "1"
 )
 
+// MaxChunkSize bounds the uncompressed size of one chunk of a layer: nodes refuse to stream a
+// layer with larger chunks (each chunk is held in memory whole while it is fetched), so the
+// converter refuses to write one.
+const MaxChunkSize = 64 << 20
+
 // Annotations of the artifact manifest.
 const (
 	// AnnotationFormat names the layer format of an artifact.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -21,7 +20,7 @@ import (
 // digest, which the estargz writer computed from the same bytes): that costs more than the
 // conversion itself. rill verify, and WithChunkVerification, do the full check.
 func checkConverted(ctx context.Context, blob *io.SectionReader, l Layer) error {
-	r, err := estargz.Open(blob)
+	r, err := openEStargz(blob)
 	if err != nil {
 		return fmt.Errorf("the estargz reader refuses it: %w", err)
 	}

@@ -44,6 +44,9 @@ func (o LayerOptions) withDefaults() (LayerOptions, error) {
 	if o.ChunkSize < 4096 {
 		return o, fmt.Errorf("chunk size %d is below the minimum of 4096 bytes", o.ChunkSize)
 	}
+	if o.ChunkSize > artifact.MaxChunkSize {
+		return o, fmt.Errorf("chunk size %d is above the maximum of %d bytes (nodes do not stream layers with larger chunks)", o.ChunkSize, artifact.MaxChunkSize)
+	}
 	if o.CompressionLevel == 0 {
 		o.CompressionLevel = gzip.DefaultCompression
 	}

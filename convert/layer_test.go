@@ -193,6 +193,7 @@ func TestConvertLayerRefusesWhatItCannotKeep(t *testing.T) {
 		{"not a tar", []byte(strings.Repeat("this is not a tar archive ", 40)), LayerOptions{}, "tar"},
 		{"zstd", []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0}, LayerOptions{}, "zstd"},
 		{"chunk size too small", valid, LayerOptions{ChunkSize: 100}, "chunk size"},
+		{"chunk size too large for nodes", valid, LayerOptions{ChunkSize: 64<<20 + 1}, "above the maximum"},
 		{"bad compression level", valid, LayerOptions{CompressionLevel: 12}, "compression level"},
 	}
 	for _, c := range cases {
@@ -235,6 +236,10 @@ func TestVerifyLayerDetectsMismatch(t *testing.T) {
 		{"wrong TOC digest", blob, Expected{OriginalDiffID: good.OriginalDiffID, OriginalSize: good.OriginalSize, TOCDigest: digest.FromString("toc")}},
 		{"another layer", other, good},
 		{"a flipped byte", flipped, good},
+		// A footer whose gzip extra field is shorter than its subfield length claims: the
+		// estargz library's footer parser panics on it; rill verify must say it is invalid.
+		{"a footer with a short extra field", append(bytes.Clone(blob[:len(blob)-51]), "\x1f\x8b\b$000000\x10\x00SG\x16\x0000000000000000000000000000000000000"...), good},
+		{"shorter than a footer", blob[:20], good},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

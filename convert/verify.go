@@ -24,7 +24,7 @@ type Expected struct {
 // TOC, and the layer decompresses to exactly the original's tar bytes (length and diff_id)
 // followed by nothing but the TOC.
 func VerifyLayer(ctx context.Context, blob *io.SectionReader, want Expected) error {
-	r, err := estargz.Open(blob)
+	r, err := openEStargz(blob)
 	if err != nil {
 		return fmt.Errorf("not a valid eStargz layer: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 )
 
 // Kind is the kind of a node in a layer's tree.
@@ -48,7 +49,7 @@ const (
 	// MaxChunkSize bounds the uncompressed size of one chunk. Writers chunk large files (rill's
 	// converter at 256 KiB by default, the estargz library at 4 MiB): a layer converted with
 	// larger chunks is not streamed.
-	MaxChunkSize = 64 << 20
+	MaxChunkSize = artifact.MaxChunkSize
 	// MaxSegmentSize bounds a segment of the blob's data: from one recorded gzip member to the
 	// next (a chunk's compressed bytes with the tar headers that follow it before the next
 	// chunk), or the headers before the first chunk.

@@ -5,15 +5,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 )
 
 // Limits bound what a TOC may ask of the node. Zero values choose the defaults.
@@ -76,7 +75,7 @@ func LoadTOCJSON(ctx context.Context, blob io.ReaderAt, blobSize int64, want dig
 	if _, err := readFull(ctx, blob, footer, blobSize-footerSize); err != nil {
 		return nil, nil, fmt.Errorf("read footer: %w", err)
 	}
-	tocOffset, err := parseFooter(footer)
+	tocOffset, err := artifact.ParseFooter(footer)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: footer: %v", ErrInvalidTOC, err)
 	}
@@ -100,34 +99,6 @@ func LoadTOCJSON(ctx context.Context, blob io.ReaderAt, blobSize int64, want dig
 		return nil, nil, err
 	}
 	return toc, tocJSON, nil
-}
-
-// footerMagic ends the subfield of an eStargz footer's gzip extra field.
-const footerMagic = "STARGZ"
-
-// parseFooter returns the TOC offset an eStargz footer records: an empty gzip member whose
-// header's extra field is one subfield, 'S' 'G', of 22 bytes: the offset in 16 hex digits,
-// then "STARGZ". It is estargz.GzipDecompressor.ParseFooter, which panics on an extra field
-// shorter than its subfield length claims (found by FuzzLoadTOC).
-func parseFooter(p []byte) (int64, error) {
-	if len(p) != estargz.FooterSize {
-		return 0, fmt.Errorf("%d bytes, not %d", len(p), estargz.FooterSize)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(p))
-	if err != nil {
-		return 0, fmt.Errorf("gzip header: %w", err)
-	}
-	defer zr.Close()
-	const subfieldLen = 16 + len(footerMagic)
-	extra := zr.Extra
-	if len(extra) != 4+subfieldLen || extra[0] != 'S' || extra[1] != 'G' || int(binary.LittleEndian.Uint16(extra[2:4])) != subfieldLen || string(extra[4+16:]) != footerMagic {
-		return 0, fmt.Errorf("gzip extra field %q is not an eStargz footer's", extra)
-	}
-	off, err := strconv.ParseInt(string(extra[4:4+16]), 16, 64)
-	if err != nil {
-		return 0, fmt.Errorf("TOC offset %q: %w", extra[4:4+16], err)
-	}
-	return off, nil
 }
 
 // ParseTOC checks TOC JSON against its digest and decodes it; tocOffset and blobSize are the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/testlayer"
 )
 
@@ -62,7 +63,7 @@ func FuzzLoadTOC(f *testing.F) {
 		}
 
 		// The digest of the JSON in the blob, if the footer and TOC member parse.
-		tocOffset, err := parseFooter(blob[max(0, int64(len(blob))-footerSize):])
+		tocOffset, err := artifact.ParseFooter(blob[max(0, int64(len(blob))-footerSize):])
 		if err != nil || tocOffset < 0 || tocOffset >= int64(len(blob))-footerSize {
 			return
 		}
