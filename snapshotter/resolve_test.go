@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,11 +32,34 @@ import (
 type testRegistry struct {
 	host string
 	reg  *remote.Registry
+
+	mu       sync.Mutex
+	requests []string // "METHOD path" of every request the registry answered
+}
+
+// count returns how many requests the registry answered whose "METHOD path" contains what.
+func (r *testRegistry) count(what string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, req := range r.requests {
+		if strings.Contains(req, what) {
+			n++
+		}
+	}
+	return n
 }
 
 func newTestRegistry(t *testing.T) *testRegistry {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
+	r := &testRegistry{}
+	handler := registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.requests = append(r.requests, req.Method+" "+req.URL.Path)
+		r.mu.Unlock()
+		handler.ServeHTTP(w, req)
+	}))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	hosts := t.TempDir()
@@ -49,7 +74,8 @@ func newTestRegistry(t *testing.T) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testRegistry{host: host, reg: reg}
+	r.host, r.reg = host, reg
+	return r
 }
 
 func (r *testRegistry) pushBlob(t *testing.T, repo string, mediaType string, data []byte, annotations map[string]string) ocispec.Descriptor {
@@ -242,6 +268,50 @@ func TestRegistryResolverDecisions(t *testing.T) {
 				t.Fatalf("blob read: %x, %v", buf, err)
 			}
 		})
+	}
+}
+
+// The layers of one image, resolved together as containerd prepares them, share one
+// resolution: the image's referrers are listed once and its manifest fetched once, not once
+// per layer.
+func TestRegistryResolverAsksOncePerImage(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRegistry(t)
+	img := r.pushImage(t, "app", ocispec.Platform{OS: "linux", Architecture: "amd64"}, false)
+	r.pushArtifact(t, "app", img, false)
+	r.tagIndex(t, "app:unbound", false, img)
+	res, err := NewRegistryResolver(ctx, r.reg, []string{"linux/amd64"}, TrustReferrers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The referrers API or, where the host has none, the fallback tag sha256-<hex>.
+	referrerLookups := func() int { return r.count("/referrers/") + r.count("GET /v2/app/manifests/sha256-") }
+	referrersBefore, manifestBefore := referrerLookups(), r.count("GET /v2/app/manifests/"+img.manifestDesc.Digest.String())
+	var wg sync.WaitGroup
+	errs := make([]error, len(img.manifest.Layers))
+	for i, layer := range img.manifest.Layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := LayerLabels{Target: fmt.Sprintf("chain-%d", i), ImageRef: r.host + "/app:unbound", Manifest: img.manifestDesc.Digest, Layer: layer.Digest}
+			got, err := res.Resolve(ctx, l)
+			if err == nil && got.Desc.Digest != img.artifact.Layers[i].Digest {
+				err = fmt.Errorf("streams %s, want the artifact's layer %s", got.Desc.Digest, img.artifact.Layers[i].Digest)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+	}
+	if n := referrerLookups() - referrersBefore; n != 1 {
+		t.Errorf("the referrers of the image were listed %d times for its %d layers, want once", n, len(img.manifest.Layers))
+	}
+	if n := r.count("GET /v2/app/manifests/"+img.manifestDesc.Digest.String()) - manifestBefore; n > 1 {
+		t.Errorf("the image manifest was fetched %d times for its %d layers, want at most once", n, len(img.manifest.Layers))
 	}
 }
 
