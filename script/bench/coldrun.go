@@ -143,7 +143,7 @@ func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref
 	res.ready = time.Since(began)
 	res.bytesReady = bn.link.BytesDown() - before
 	if opts.MetricsAddress != "" {
-		m, err := scrape(ctx, opts.MetricsAddress)
+		m, err := scrape(ctx, env)
 		if err != nil {
 			return res, err
 		}
@@ -165,7 +165,7 @@ func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref
 	bn.settle(ctx, quietAfter)
 	res.bytesTotal = bn.link.BytesDown() - before
 	if opts.MetricsAddress != "" {
-		m, err := scrape(ctx, opts.MetricsAddress)
+		m, err := scrape(ctx, env)
 		if err != nil {
 			return res, err
 		}

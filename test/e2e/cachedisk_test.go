@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -107,35 +106,18 @@ func largeFiles(t *testing.T, img *images.TestImage, total int64) ([]string, str
 		sum  string
 	}
 	byPath := map[string]file{} // the last layer's version of each path
-	for _, l := range img.Spec.Layers {
-		r, err := l.Uncompressed()
-		if err != nil {
+	walkLayers(t, img, func(h *tar.Header, content io.Reader) {
+		p := "/" + strings.TrimPrefix(h.Name, "./")
+		if h.Typeflag != tar.TypeReg || h.Size < 1<<20 || h.Size > 4<<20 {
+			delete(byPath, p)
+			return
+		}
+		sum := sha256.New()
+		if _, err := io.Copy(sum, content); err != nil {
 			t.Fatal(err)
 		}
-		tr := tar.NewReader(r)
-		for {
-			h, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				r.Close()
-				t.Fatal(err)
-			}
-			p := "/" + strings.TrimPrefix(h.Name, "./")
-			if h.Typeflag != tar.TypeReg || h.Size < 1<<20 || h.Size > 4<<20 {
-				delete(byPath, p)
-				continue
-			}
-			sum := sha256.New()
-			if _, err := io.Copy(sum, tr); err != nil {
-				r.Close()
-				t.Fatal(err)
-			}
-			byPath[p] = file{path: p, size: h.Size, sum: fmt.Sprintf("%x", sum.Sum(nil))}
-		}
-		r.Close()
-	}
+		byPath[p] = file{path: p, size: h.Size, sum: fmt.Sprintf("%x", sum.Sum(nil))}
+	})
 	all := slices.Collect(maps.Values(byPath))
 	slices.SortFunc(all, func(a, b file) int { return cmp.Or(cmp.Compare(b.size, a.size), strings.Compare(a.path, b.path)) })
 	var (

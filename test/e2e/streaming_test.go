@@ -364,6 +364,25 @@ func fileInLayers(t *testing.T, img *images.TestImage, path string) string {
 	t.Helper()
 	var content string
 	found := false
+	walkLayers(t, img, func(h *tar.Header, r io.Reader) {
+		if strings.TrimPrefix(h.Name, "./") == strings.TrimPrefix(path, "/") {
+			b, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, found = string(b), true
+		}
+	})
+	if !found {
+		t.Fatalf("%s is in no layer of %s", path, img.Repository)
+	}
+	return content
+}
+
+// walkLayers calls fn with every entry of the image's layers, bottom layer first, and a
+// reader of its content.
+func walkLayers(t *testing.T, img *images.TestImage, fn func(h *tar.Header, content io.Reader)) {
+	t.Helper()
 	for _, l := range img.Spec.Layers {
 		r, err := l.Uncompressed()
 		if err != nil {
@@ -379,20 +398,10 @@ func fileInLayers(t *testing.T, img *images.TestImage, path string) string {
 				r.Close()
 				t.Fatal(err)
 			}
-			if strings.TrimPrefix(h.Name, "./") == strings.TrimPrefix(path, "/") {
-				b, err := io.ReadAll(tr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				content, found = string(b), true
-			}
+			fn(h, tr)
 		}
 		r.Close()
 	}
-	if !found {
-		t.Fatalf("%s is in no layer of %s", path, img.Repository)
-	}
-	return content
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

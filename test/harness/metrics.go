@@ -15,49 +15,79 @@ import (
 // harness did not turn it on: Options.MetricsAddress).
 func (s *Snapshotter) MetricsAddress() string { return s.metricsAddress }
 
+// Sample is one sample of a Prometheus text exposition.
+type Sample struct {
+	Name   string
+	Labels map[string]string
+	Value  float64
+}
+
+// Samples are the samples of one scrape.
+type Samples []Sample
+
+// Sum returns the sum of the samples of the metric name whose labels include labels (nil:
+// every sample); 0 when there is none.
+func (ss Samples) Sum(name string, labels map[string]string) float64 {
+	var sum float64
+	for _, s := range ss {
+		if s.Name != name {
+			continue
+		}
+		match := true
+		for k, want := range labels {
+			if s.Labels[k] != want {
+				match = false
+			}
+		}
+		if match {
+			sum += s.Value
+		}
+	}
+	return sum
+}
+
 // Metric scrapes rill-snapshotter's Prometheus endpoint and returns the sum of the samples of
 // the metric name whose labels include labels (nil: every sample). A metric without samples
 // is 0.
 func (s *Snapshotter) Metric(ctx context.Context, name string, labels map[string]string) (float64, error) {
+	samples, err := s.Scrape(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return samples.Sum(name, labels), nil
+}
+
+// Scrape reads every sample of rill-snapshotter's Prometheus endpoint.
+func (s *Snapshotter) Scrape(ctx context.Context) (Samples, error) {
 	if s.metricsAddress == "" {
-		return 0, errors.New("rill-snapshotter's metrics endpoint is off (harness.Options.MetricsAddress)")
+		return nil, errors.New("rill-snapshotter's metrics endpoint is off (harness.Options.MetricsAddress)")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.metricsAddress+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scraping rill-snapshotter's metrics: %w", err)
+		return nil, fmt.Errorf("scraping rill-snapshotter's metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scraping rill-snapshotter's metrics: %s", resp.Status)
+		return nil, fmt.Errorf("scraping rill-snapshotter's metrics: %s", resp.Status)
 	}
-	var sum float64
+	var samples Samples
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		n, l, v, ok := parseSample(sc.Text())
-		if !ok || n != name {
-			continue
-		}
-		match := true
-		for k, want := range labels {
-			if l[k] != want {
-				match = false
-			}
-		}
-		if match {
-			sum += v
+		if n, l, v, ok := parseSample(sc.Text()); ok {
+			samples = append(samples, Sample{Name: n, Labels: l, Value: v})
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("reading rill-snapshotter's metrics: %w", err)
+		return nil, fmt.Errorf("reading rill-snapshotter's metrics: %w", err)
 	}
-	return sum, nil
+	return samples, nil
 }
 
 // parseSample parses one sample line of the Prometheus text format: name{k="v",...} value.
