@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // stallingDir is a FUSE directory whose listing waits until the test lets it go: a Usage call
@@ -88,9 +91,7 @@ func TestInFlightCallFinishesAtSigterm(t *testing.T) {
 		t.Fatal("Usage never reached the snapshot's directory")
 	}
 
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	signalIdleThread(t, d.cmd.Process.Pid, syscall.SIGTERM)
 	waitFor(t, "the daemon to start shutting down", func() bool {
 		return strings.Contains(d.logs.String(), "shutting down: finishing in-flight calls")
 	})
@@ -129,6 +130,35 @@ func TestInFlightCallFinishesAtSigterm(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no exit after the in-flight call finished\n%s", d.logs)
 	}
+}
+
+// signalIdleThread sends sig to a thread of process pid that is parked in futex(2), the
+// wait of an idle Go thread. A signal sent to the process may be given to the thread whose
+// Usage call waits for the stalling FUSE directory: the kernel then asks the directory to
+// interrupt the call, which it does not, and that thread runs the handler only once the test
+// releases the call — the daemon would see SIGTERM too late.
+func signalIdleThread(t *testing.T, pid int, sig syscall.Signal) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		// The first field of syscall is the number of the call the thread waits in.
+		sc, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
+		if err != nil || !strings.HasPrefix(string(sc), strconv.Itoa(unix.SYS_FUTEX)+" ") {
+			continue
+		}
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Tgkill(pid, tid, sig); err != nil {
+			t.Fatalf("signal thread %d of the daemon: %v", tid, err)
+		}
+		return
+	}
+	t.Fatalf("no thread of the daemon (pid %d) is parked in futex(2) to take the signal", pid)
 }
 
 // waitFor polls cond until it holds; a generous bound only catches a hang.
