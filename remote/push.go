@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -282,34 +283,62 @@ func (r *Registry) RemoveReferrer(ctx context.Context, ref string, subject, refe
 	return err
 }
 
+// fallbackUpdateAttempts bounds how often updateFallbackIndex writes the index while other
+// writers keep replacing it.
+const fallbackUpdateAttempts = 10
+
 // updateFallbackIndex reads the fallback index of subject (empty when absent), lets change
-// edit its manifests (nil: nothing to do) and writes it back.
+// edit its manifests (nil: nothing to do, the index already says what the caller wants) and
+// writes it back. Registries have no conditional tag update, so two writers that read the
+// index before either writes it would lose one's change: after each write it waits a moment,
+// reads the index again and writes again when another writer's update replaced this one.
 func (r *Registry) updateFallbackIndex(ctx context.Context, ep *endpoint, rr repoRef, subject digest.Digest, change func([]ocispec.Descriptor) []ocispec.Descriptor) error {
-	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
-	idx.SchemaVersion = 2
-	b, err := r.getFallbackIndex(ctx, ep, rr, subject)
-	switch {
-	case errdefs.IsNotFound(err):
-	case err != nil:
-		return err
-	default:
-		if err := json.Unmarshal(b, &idx); err != nil {
-			return fmt.Errorf("parse fallback index %s: %w", FallbackTag(subject), err)
+	for attempt := 0; ; attempt++ {
+		idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+		idx.SchemaVersion = 2
+		b, err := r.getFallbackIndex(ctx, ep, rr, subject)
+		switch {
+		case errdefs.IsNotFound(err):
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(b, &idx); err != nil {
+				return fmt.Errorf("parse fallback index %s: %w", FallbackTag(subject), err)
+			}
+		}
+		ms := change(idx.Manifests)
+		if ms == nil {
+			return nil
+		}
+		if attempt == fallbackUpdateAttempts {
+			return fmt.Errorf("update fallback index %s of %s: other writers replaced it %d times; push again: %w", FallbackTag(subject), rr, attempt, errdefs.ErrConflict)
+		}
+		if attempt > 0 {
+			log.G(ctx).WithField("tag", FallbackTag(subject)).WithField("attempt", attempt+1).Info("fallback index replaced by another writer; writing it again")
+		}
+		idx.Manifests = ms
+		idx.MediaType = ocispec.MediaTypeImageIndex
+		nb, err := json.Marshal(idx)
+		if err != nil {
+			return err
+		}
+		if _, err := r.putManifest(ctx, ep, rr, FallbackTag(subject), ocispec.MediaTypeImageIndex, nb); err != nil {
+			return err
+		}
+		// Let a writer that read the index before this write finish its own, then check.
+		settle := fallbackSettle + time.Duration(rand.Int64N(int64(fallbackSettle)))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(settle):
 		}
 	}
-	ms := change(idx.Manifests)
-	if ms == nil {
-		return nil
-	}
-	idx.Manifests = ms
-	idx.MediaType = ocispec.MediaTypeImageIndex
-	nb, err := json.Marshal(idx)
-	if err != nil {
-		return err
-	}
-	_, err = r.putManifest(ctx, ep, rr, FallbackTag(subject), ocispec.MediaTypeImageIndex, nb)
-	return err
 }
+
+// fallbackSettle is how long (plus up to as much again, at random) a writer of the fallback
+// index waits before reading it back: longer than another writer on the same network takes
+// from reading the index to writing it.
+const fallbackSettle = 100 * time.Millisecond
 
 // putManifest PUTs a manifest and returns the OCI-Subject header of the answer.
 func (r *Registry) putManifest(ctx context.Context, ep *endpoint, rr repoRef, object, mediaType string, content []byte) (string, error) {
