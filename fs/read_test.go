@@ -102,14 +102,7 @@ func TestCorruptChunkIsNeverServed(t *testing.T) {
 			metrics := NewMetrics()
 			mnt := mountBlob(t, data, l.TOCDigest.String(), blob, MountOptions{Metrics: metrics})
 
-			got, err := os.ReadFile(filepath.Join(mnt, "victim"))
-			if c.wantErr {
-				if !errors.Is(err, syscall.EIO) {
-					t.Fatalf("read of a corrupt chunk: err %v, %d bytes; want EIO", err, len(got))
-				}
-			} else if err != nil || !bytes.Equal(got, entries[0].Body) {
-				t.Fatalf("read after one corrupted transfer: err %v, equal %v", err, bytes.Equal(got, entries[0].Body))
-			}
+			readVictim(t, filepath.Join(mnt, "victim"), entries[0].Body, c.wantErr)
 			// The kernel may retry a failed read with a smaller one: each try counts.
 			if n := testutil.ToFloat64(metrics.verificationFailures); n < c.wantFails || (c.wantErr && int(n)%2 != 0) || (!c.wantErr && n != c.wantFails) {
 				t.Errorf("verification failures counted: %v, want %v", n, c.wantFails)
@@ -149,14 +142,7 @@ func TestCorruptChunkIsNeverServedFromASpan(t *testing.T) {
 			metrics := NewMetrics()
 			mnt, _ := cl.mount(t, blob, MountOptions{Cache: layer, Metrics: metrics})
 
-			got, err := os.ReadFile(filepath.Join(mnt, "victim"))
-			if c.wantErr {
-				if !errors.Is(err, syscall.EIO) {
-					t.Fatalf("read of a corrupt chunk: err %v, %d bytes; want EIO", err, len(got))
-				}
-			} else if err != nil || !bytes.Equal(got, entries[0].Body) {
-				t.Fatalf("read after one corrupted transfer: err %v, equal %v", err, bytes.Equal(got, entries[0].Body))
-			}
+			readVictim(t, filepath.Join(mnt, "victim"), entries[0].Body, c.wantErr)
 			if span := blob.firstSpan.Load(); span <= victim.BlobEnd-victim.BlobOffset {
 				t.Fatalf("the first fetch of the chunk was %d bytes, not a span with the chunks after it: the test does not test spans", span)
 			}
@@ -218,5 +204,19 @@ func TestReadsAtEveryBoundary(t *testing.T) {
 		if !bytes.Equal(buf[:n], want) {
 			t.Errorf("ReadAt(%d, %d): %d bytes (err %v), content differs", r.off, r.n, n, err)
 		}
+	}
+}
+
+// readVictim reads the file with a corrupt chunk: it must fail with EIO when the corruption
+// lasts (wantErr), else read back exactly want.
+func readVictim(t *testing.T, path string, want []byte, wantErr bool) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if wantErr {
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read of a corrupt chunk: err %v, %d bytes; want EIO", err, len(got))
+		}
+	} else if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after one corrupted transfer: err %v, equal %v", err, bytes.Equal(got, want))
 	}
 }
