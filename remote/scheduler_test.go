@@ -148,7 +148,9 @@ func TestSchedulerOnDemandNeverWaitsForBulkWork(t *testing.T) {
 	}
 	// The third on-demand request waits for an on-demand slot, not for bulk work to end.
 	got := make(chan struct{})
+	released := make(chan struct{})
 	go func() {
+		defer close(released)
 		release := acquireNow(t, s, PriorityOnDemand)
 		close(got)
 		release()
@@ -165,6 +167,7 @@ func TestSchedulerOnDemandNeverWaitsForBulkWork(t *testing.T) {
 		release()
 	}
 	wg.Wait()
+	<-released // its release must be counted before the scheduler is checked idle
 	checkIdle(t, s)
 }
 
