@@ -108,6 +108,15 @@ func (r *remoteLayers) all() map[string]*mountedLayer {
 	return all
 }
 
+// available reports whether the snapshot id is a streamed layer that serves reads (mounted,
+// and not in the unavailable form of a layer that could not be restored).
+func (r *remoteLayers) available(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ml := r.mounts[id]
+	return ml != nil && ml.blob != ""
+}
+
 // blobs returns the blob digests of the mounted layers.
 func (r *remoteLayers) blobs() map[digest.Digest]bool {
 	r.mu.Lock()

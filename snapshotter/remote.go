@@ -258,3 +258,44 @@ func writeFileAtomic(path string, data []byte) error {
 func alreadyStreamed(target string) error {
 	return fmt.Errorf("target snapshot %q: streamed: %w", target, errdefs.ErrAlreadyExists)
 }
+
+// reasonShared is the decision of a layer another containerd namespace streamed already.
+const reasonShared = "shared"
+
+// shareStreamed answers for a layer that is streamed already under target on the same parent,
+// as happens when a second containerd namespace pulls an image the first one streamed (keys
+// are per namespace, targets — chain IDs — are not). It removes the new active snapshot and
+// reports true: containerd then finds the committed target (its snapshot.ref label and parent
+// match) and shares it across namespaces, as it does for every snapshotter. A target on another
+// parent, or a layer that could not be restored, is not shared (false): the layer is decided
+// anew, and pulled in full if it cannot be streamed.
+func (s *Snapshotter) shareStreamed(ctx context.Context, key, parent, target string) (bool, error) {
+	if target == "" {
+		return false, nil
+	}
+	var (
+		id   string
+		info snapshots.Info
+	)
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		id, info, _, err = storage.GetInfo(ctx, target)
+		return err
+	})
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up target %q: %w", target, err)
+	}
+	if info.Kind != snapshots.KindCommitted || info.Parent != parent || info.Labels[snapshots.LabelSnapshotRef] != target {
+		return false, nil
+	}
+	if _, streamed := info.Labels[labelRemote]; streamed && !s.remote.available(id) {
+		return false, nil
+	}
+	if err := s.overlay.Remove(ctx, key); err != nil {
+		return false, fmt.Errorf("remove the active snapshot %q in favour of the shared target: %w", key, err)
+	}
+	return true, nil
+}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/metadata"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/archive"
@@ -27,6 +28,7 @@ import (
 	"github.com/rillstream/rill/convert"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/internal/testlayer"
+	bolt "go.etcd.io/bbolt"
 )
 
 // localBlob is a layer blob held in memory.
@@ -637,4 +639,98 @@ func recordingSnapshotter(t *testing.T, window time.Duration) (context.Context, 
 		t.Fatal(err)
 	}
 	return ctx, sn, root
+}
+
+// A second containerd namespace pulling an image that the first streamed shares its streamed
+// layers (through containerd's own metadata, which keys snapshots per namespace and targets per
+// chain ID): its Prepares answer AlreadyExists too, nothing is pulled in full, and it reads the
+// same files. Removing the image from one namespace leaves it working in the other.
+func TestSecondNamespaceSharesStreamedLayers(t *testing.T) {
+	requireRoot(t)
+	lower := []testlayer.Entry{testlayer.Dir("etc/", 0o755), testlayer.Reg("etc/os-release", []byte("ID=rill\n"), 0o644)}
+	upper := []testlayer.Entry{testlayer.Dir("app/", 0o755), testlayer.Reg("app/run", []byte("#!/bin/sh\necho hi\n"), 0o755),
+		testlayer.Reg("app/data", bytes.Repeat([]byte("data"), 50000), 0o644)}
+	resolver, digests := newLocalResolver(t, lower, upper)
+	ctx := context.Background()
+	metrics := NewMetrics()
+	sn, err := NewSnapshotter(ctx, t.TempDir(), WithResolver(resolver), WithMetrics(metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	bdb, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bdb.Close() })
+	db := metadata.NewDB(bdb, nil, map[string]snapshots.Snapshotter{"rill": sn})
+	if err := db.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	meta := db.Snapshotter("rill")
+
+	// unpack does what containerd's unpacker does for each layer: Prepare with the target,
+	// and on AlreadyExists go on with the next layer.
+	unpack := func(ns string) {
+		t.Helper()
+		nctx := namespaces.WithNamespace(ctx, ns)
+		parent := ""
+		for i, d := range digests {
+			target := []string{"sha256:chain-0", "sha256:chain-1"}[i]
+			_, err := meta.Prepare(nctx, "extract-"+ns+"-"+target, parent, unpackLabels(target, d, resolver.layers[d].conv.TOCDigest))
+			if !errdefs.IsAlreadyExists(err) {
+				t.Fatalf("namespace %s: Prepare of streamable layer %d: %v, want AlreadyExists", ns, i, err)
+			}
+			if info, err := meta.Stat(nctx, target); err != nil || info.Kind != snapshots.KindCommitted {
+				t.Fatalf("namespace %s: target %s: %+v, %v", ns, target, info, err)
+			}
+			parent = target
+		}
+	}
+	unpack("first")
+	unpack("second")
+	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("stream", reasonShared)); got != 2 {
+		t.Errorf("layers shared with the second namespace: %v, want 2", got)
+	}
+	for _, reason := range []string{"commit-error", "internal-error"} {
+		if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("fallback", reason)); got != 0 {
+			t.Errorf("fallbacks (%s): %v, want none", reason, got)
+		}
+	}
+	// The same target on another parent is not that layer: it is pulled in full, never failed.
+	third := namespaces.WithNamespace(ctx, "third")
+	if _, err := meta.Prepare(third, "extract-third", "", unpackLabels("sha256:chain-1", digests[1], resolver.layers[digests[1]].conv.TOCDigest)); err != nil {
+		t.Fatalf("Prepare of a known target on another parent: %v, want an ordinary snapshot to pull into", err)
+	}
+
+	want := extract(t, resolver.layers[digests[0]].tar, resolver.layers[digests[1]].tar)
+	read := func(ns string) {
+		t.Helper()
+		view, release := mountView(t, namespaces.WithNamespace(ctx, ns), meta, "view-"+ns, "sha256:chain-1")
+		defer release()
+		compareDirs(t, want, view)
+	}
+	read("first")
+	read("second")
+
+	// The first namespace lets go of the image; the second still has it (its image would hold
+	// the snapshot for containerd's garbage collector: a gc.root label does it here).
+	second := namespaces.WithNamespace(ctx, "second")
+	if _, err := meta.Update(second, snapshots.Info{Name: "sha256:chain-1", Labels: map[string]string{"containerd.io/gc.root": "test"}},
+		"labels.containerd.io/gc.root"); err != nil {
+		t.Fatal(err)
+	}
+	first := namespaces.WithNamespace(ctx, "first")
+	for _, key := range []string{"view-first", "sha256:chain-1", "sha256:chain-0"} {
+		if err := meta.Remove(first, key); err != nil && !errdefs.IsNotFound(err) {
+			t.Fatalf("remove %s from the first namespace: %v", key, err)
+		}
+	}
+	if _, err := db.GarbageCollect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := meta.Stat(first, "sha256:chain-1"); !errdefs.IsNotFound(err) {
+		t.Fatalf("the first namespace still has the image after removing it: %v", err)
+	}
+	read("second")
 }

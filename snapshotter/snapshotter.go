@@ -205,6 +205,13 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		return mounts, nil
 	}
 	entry = entry.WithFields(logrus.Fields{"ref": layer.ImageRef, "layer": layer.Layer.String()})
+	if shared, err := s.shareStreamed(ctx, key, parent, layer.Target); err != nil {
+		entry.WithError(err).Warn("cannot share the layer streamed for another namespace: deciding anew")
+	} else if shared {
+		s.metrics.decision("stream", reasonShared)
+		entry.WithField("reason", reasonShared).Info("layer streamed")
+		return nil, alreadyStreamed(layer.Target)
+	}
 	reason, err := s.prepareStreamed(ctx, key, parent, layer, opts)
 	if err != nil {
 		s.metrics.decision("fallback", reason)

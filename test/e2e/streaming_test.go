@@ -127,6 +127,7 @@ func testStreamedImage(t *testing.T, env *harness.Env, streamed pushedImage, sma
 		t.Errorf("running %v fetched %s of a %s image: more than a quarter", smallRead, mib(ran), mib(pushed.Size))
 	}
 
+	testSecondNamespace(t, env, streamed, smallRead, smallWant)
 	testFaults(t, env, streamed, smallRead, smallWant)
 
 	// Every file of every package, read through rill, is the original.
@@ -470,4 +471,34 @@ func testPlatforms(t *testing.T, env *harness.Env) {
 	if err := env.CRI.RemoveImage(ctx, ref); err != nil {
 		t.Errorf("crictl rmi: %v", err)
 	}
+}
+
+// testSecondNamespace pulls the streamed image, already pulled through CRI, into another
+// containerd namespace (ctr's): its layers are shared, not pulled in full, a container there
+// reads the image, and removing the image there leaves it in the first namespace.
+func testSecondNamespace(t *testing.T, env *harness.Env, streamed pushedImage, smallRead []string, smallWant string) {
+	ctx := t.Context()
+	const ns = "second"
+	shared := map[string]string{"result": "stream", "reason": "shared"}
+	before := metric(t, env, "rill_layer_decisions_total", shared)
+	env.Proxy.ResetCounters()
+	if _, stderr, err := env.Ctr.Run(ctx, ns, "images", "pull", "--snapshotter", harness.SnapshotterName, "--hosts-dir", env.CertsDir, streamed.Ref); err != nil {
+		t.Fatalf("ctr -n %s pull: %v\n%s", ns, err, stderr)
+	}
+	if got := metric(t, env, "rill_layer_decisions_total", shared) - before; got != float64(len(streamed.ChainIDs)) {
+		t.Errorf("%v layers shared with namespace %s, want all %d; rill's decisions:\n%s", got, ns, len(streamed.ChainIDs), grepLog(t, env, "layer "))
+	}
+	pulled := env.Proxy.BytesDown()
+	t.Logf("pulled %s into namespace %s too: %s from the registry, its layers shared", streamed.Ref, ns, mib(pulled))
+	if pulled > streamed.Size/20 {
+		t.Errorf("pulling into namespace %s fetched %s of a %s image: its layers were not shared", ns, mib(pulled), mib(streamed.Size))
+	}
+	stdout, stderr, err := env.Ctr.RunContainer(ctx, ns, streamed.Ref, podName(streamed)+"-second-ns", smallRead...)
+	if err != nil || stdout != smallWant {
+		t.Errorf("%v in namespace %s: stdout %q (want %q), %v\n%s", smallRead, ns, stdout, smallWant, err, stderr)
+	}
+	if _, stderr, err := env.Ctr.Run(ctx, ns, "images", "rm", "--sync", streamed.Ref); err != nil {
+		t.Fatalf("ctr -n %s images rm: %v\n%s", ns, err, stderr)
+	}
+	assertStreamed(t, env, streamed.PushedImage, "estargz")
 }
