@@ -288,8 +288,14 @@ func TestBlobOnDemandReadOvertakesBulkWork(t *testing.T) {
 			_, _ = br.ReadAtContext(WithPriority(ctx, PriorityBackground), make([]byte, 100), int64(i+1)*100<<10)
 		})
 	}
-	// One background request holds the bulk slot (delayed), three wait for it.
+	// One background request holds the bulk slot (delayed), three wait for it. The delay must
+	// have gone to that request, not to the read below.
 	waitQueued(t, f.reg.state(f.proxy.Host).sched, PriorityBackground, 3)
+	for deadline := time.Now().Add(5 * time.Second); f.proxy.Pending() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the background request holding the bulk slot never reached the registry")
+		}
+	}
 	timed(t, time.Second, func() {
 		if err := f.check(t, br, Range{900 << 10, 4096}); err != nil {
 			t.Fatal(err)

@@ -118,6 +118,14 @@ func (p *Proxy) Add(fs ...Fault) {
 	}
 }
 
+// Pending returns how many faults are still to be applied (a fault with Times > 0 is gone once
+// it has been applied that many times).
+func (p *Proxy) Pending() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.faults)
+}
+
 // Clear removes all faults.
 func (p *Proxy) Clear() {
 	p.mu.Lock()
