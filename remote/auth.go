@@ -305,7 +305,11 @@ func (s *authState) authorize(ctx context.Context, req *http.Request) (gen uint6
 // at generation gen. It reports whether the request should be sent again; refused collects the
 // credentials refused during this logical request, so that none is tried twice.
 func (s *authState) challenged(ctx context.Context, gen uint64, sent string, resp *http.Response, refused *[]Credential) (bool, error) {
-	if sent != "" {
+	if sent == "" {
+		// Challenged without credentials: ask the keychain again, which may have some by now
+		// (an authorizer made with none would never send any).
+		s.reset(ctx, gen, false)
+	} else {
 		_, cred, _ := s.current()
 		// A token the authorizer fetched may just have expired; the credential itself was
 		// refused when it was sent as it is, or when the registry forbids what a token allows.

@@ -91,3 +91,23 @@ func TestKeychainRefusedCredentialGivesWayToTheNext(t *testing.T) {
 		}
 	})
 }
+
+// Reads without credentials fail, and succeed once the keychain has some.
+func TestKeychainCredentialsArrivingLater(t *testing.T) {
+	k := &listKeychain{creds: map[string][]Credential{}}
+	f := newBlobFixture(t, regtest.InProcess(t, true))
+	f.reg = testRegistry(t, WithKeychain(k))
+	f.proxy.RequireBasic("bob", "fresh-PASSWORD")
+	br := f.reader(t)
+	for range 2 {
+		if _, err := br.ReadAt(make([]byte, 10), 0); err == nil {
+			t.Fatal("read without credentials succeeded")
+		}
+	}
+	k.mu.Lock()
+	k.creds["test/blob"] = []Credential{{Username: "bob", Secret: "fresh-PASSWORD"}}
+	k.mu.Unlock()
+	if err := f.check(t, br, Range{0, 4096}); err != nil {
+		t.Fatalf("read once the keychain has the credential: %v", err)
+	}
+}
