@@ -43,6 +43,54 @@ type Config struct {
 	Snapshotter Snapshotter `toml:"snapshotter"`
 	Streaming   Streaming   `toml:"streaming"`
 	Cache       Cache       `toml:"cache"`
+	Credentials Credentials `toml:"credentials"`
+}
+
+// DefaultContainerdAddress is containerd's socket, where the CRI proxy forwards to.
+const DefaultContainerdAddress = "/run/containerd/containerd.sock"
+
+// Credentials configures where registry credentials for streamed layers come from besides
+// streaming.docker_config: a CRI image-service proxy that captures the credentials kubelet
+// passes in PullImage (imagePullSecrets), and kubelet's credential provider plugins.
+type Credentials struct {
+	// CRIAddress is the unix socket of the CRI image-service proxy (kubelet's
+	// --image-service-endpoint); empty: cri.sock beside Address; "none": off.
+	CRIAddress string `toml:"cri_address"`
+	// ContainerdAddress is containerd's socket, whose CRI the proxy forwards every call to.
+	ContainerdAddress string `toml:"containerd_address"`
+	// ProviderConfig is kubelet's CredentialProviderConfig file (--image-credential-provider-config);
+	// empty: no credential provider plugins.
+	ProviderConfig string `toml:"provider_config"`
+	// ProviderBinDir is the directory of the plugins (--image-credential-provider-bin-dir).
+	ProviderBinDir string `toml:"provider_bin_dir"`
+}
+
+// CRISocket is the CRI proxy's socket path, "" when it is off.
+func (c Config) CRISocket() string {
+	switch c.Credentials.CRIAddress {
+	case "none":
+		return ""
+	case "":
+		return filepath.Join(filepath.Dir(c.Address), "cri.sock")
+	}
+	return c.Credentials.CRIAddress
+}
+
+func (c Config) validateCredentials() error {
+	cr := c.Credentials
+	if s := c.CRISocket(); s != "" && (!filepath.IsAbs(s) || s == c.Address || s == c.StatusSocket()) {
+		return fmt.Errorf("credentials.cri_address: must be an absolute unix socket path other than address and status_address, or \"none\", got %q", cr.CRIAddress)
+	}
+	if cr.ContainerdAddress == "" || !filepath.IsAbs(cr.ContainerdAddress) {
+		return fmt.Errorf("credentials.containerd_address: must be an absolute unix socket path, got %q", cr.ContainerdAddress)
+	}
+	if cr.ProviderConfig != "" && !filepath.IsAbs(cr.ProviderConfig) {
+		return fmt.Errorf("credentials.provider_config: %q is not an absolute path", cr.ProviderConfig)
+	}
+	if cr.ProviderConfig != "" && (cr.ProviderBinDir == "" || !filepath.IsAbs(cr.ProviderBinDir)) {
+		return fmt.Errorf("credentials.provider_bin_dir: must be the absolute directory of the plugins of credentials.provider_config, got %q", cr.ProviderBinDir)
+	}
+	return nil
 }
 
 // Cache configures the on-disk cache of streamed layers' data (under root/cache).
@@ -167,7 +215,8 @@ func Default() Config {
 			BackgroundRate:  "0",
 			BackgroundDelay: "10s",
 		},
-		Cache: Cache{MaxSize: "10GiB"},
+		Cache:       Cache{MaxSize: "10GiB"},
+		Credentials: Credentials{ContainerdAddress: DefaultContainerdAddress},
 	}
 }
 
@@ -256,6 +305,9 @@ func (c Config) Validate() error {
 		}
 	}
 	if err := c.Streaming.validate(); err != nil {
+		return err
+	}
+	if err := c.validateCredentials(); err != nil {
 		return err
 	}
 	if n, err := units.RAMInBytes(c.Cache.MaxSize); err != nil || n < 0 {

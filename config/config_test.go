@@ -82,6 +82,21 @@ func TestParse(t *testing.T) {
 		{name: "bad log level", text: "[log]\nlevel = \"verbose\"\n", wantErr: "log.level"},
 		{name: "bad log format", text: "[log]\nformat = \"xml\"\n", wantErr: "log.format"},
 		{name: "bad metrics address", text: "[metrics]\naddress = \"9099\"\n", wantErr: "metrics.address"},
+		{name: "cri proxy beside the socket by default", text: "address = \"/run/x/rill.sock\"\n", check: func(t *testing.T, c Config) {
+			if c.CRISocket() != "/run/x/cri.sock" || c.Credentials.ContainerdAddress != DefaultContainerdAddress {
+				t.Fatalf("CRI socket %q, containerd %q", c.CRISocket(), c.Credentials.ContainerdAddress)
+			}
+		}},
+		{name: "cri proxy off", text: "[credentials]\ncri_address = \"none\"\n", check: func(t *testing.T, c Config) {
+			if c.CRISocket() != "" {
+				t.Fatalf("CRI socket %q, want off", c.CRISocket())
+			}
+		}},
+		{name: "cri proxy on the snapshots socket", text: "[credentials]\ncri_address = \"/run/rill/rill.sock\"\n", wantErr: "credentials.cri_address"},
+		{name: "relative cri proxy", text: "[credentials]\ncri_address = \"cri.sock\"\n", wantErr: "credentials.cri_address"},
+		{name: "no containerd socket", text: "[credentials]\ncontainerd_address = \"\"\n", wantErr: "credentials.containerd_address"},
+		{name: "provider config without bin dir", text: "[credentials]\nprovider_config = \"/etc/kubernetes/cp.yaml\"\n", wantErr: "credentials.provider_bin_dir"},
+		{name: "relative provider config", text: "[credentials]\nprovider_config = \"cp.yaml\"\nprovider_bin_dir = \"/bin\"\n", wantErr: "credentials.provider_config"},
 		{name: "mount option owned by the snapshotter", text: "[snapshotter]\nmount_options = [\"upperdir=/x\"]\n", wantErr: "snapshotter.mount_options"},
 	}
 	for _, c := range cases {

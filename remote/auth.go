@@ -11,10 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
+	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"github.com/containerd/log"
 )
 
 // Credentials is a source of registry credentials. host is the registry host as requests
@@ -52,6 +56,45 @@ func ChainCredentials(sources ...Credentials) Credentials {
 		return "", "", nil
 	})
 }
+
+// Credential is what a [Keychain] gives for one repository of a registry. The zero value
+// means none: the registry is used anonymously.
+type Credential struct {
+	// Username and Secret are a user name and password; with an empty Username, Secret is an
+	// identity (refresh) token.
+	Username string
+	Secret   string
+	// RegistryToken is a bearer token for the registry itself, sent as it is.
+	RegistryToken string
+}
+
+// IsZero reports whether c holds no credential.
+func (c Credential) IsZero() bool { return c == Credential{} }
+
+// Keychain is a source of credentials per repository that learns which ones the registry
+// refused. host is the network host requests go to ("registry.example.com:5000",
+// "registry-1.docker.io"), repository the path of the repository on it ("team/app").
+// Implementations must not log secrets.
+type Keychain interface {
+	// Credential returns the credential for repository on host; the zero Credential with a
+	// nil error means anonymous.
+	Credential(ctx context.Context, host, repository string) (Credential, error)
+	// Refused tells the keychain that the registry answered 401 or 403 to a request that
+	// carried c (or its token service refused c): the next Credential call should give
+	// another one, if the keychain has one.
+	Refused(ctx context.Context, host, repository string, c Credential)
+}
+
+// credentialsKeychain is the Keychain of a host-wide Credentials source; it ignores refusals
+// (the source is read again at every use).
+type credentialsKeychain struct{ c Credentials }
+
+func (k credentialsKeychain) Credential(ctx context.Context, host, _ string) (Credential, error) {
+	u, s, err := k.c.Credentials(ctx, host)
+	return Credential{Username: u, Secret: s}, err
+}
+
+func (credentialsKeychain) Refused(context.Context, string, string, Credential) {}
 
 // Anonymous returns a source without credentials: registries are used anonymously.
 func Anonymous() Credentials {
@@ -191,46 +234,137 @@ func credentialHelper(ctx context.Context, name, serverURL string) (string, stri
 	return resp.Username, resp.Secret, nil
 }
 
-// authState is the authorizer of one endpoint. A 401 on a request that carried credentials
-// replaces it, so that cached tokens (which the registry no longer accepts) are forgotten and
-// credentials are read again.
+// maxAuthTries bounds the requests of one logical request that authentication may take: the
+// anonymous one the registry challenges, and a retry with each further credential.
+const maxAuthTries = 4
+
+// authState is the authorizer of one repository on one endpoint. Requests go without
+// Authorization until the registry challenges one; the keychain is then asked for the
+// repository's credential. A 401 to a request that carried a token the authorizer fetched
+// (expired, revoked) makes a new authorizer with the same credential; a 401 or 403 to a request
+// that carried the credential itself (basic auth, a registry token), a 403 to a token, or a token
+// service that refuses the credential tells the keychain it was refused, and the next challenge
+// asks it for another.
 type authState struct {
-	mu  sync.Mutex
-	a   docker.Authorizer
-	gen uint64
-	mk  func() docker.Authorizer
+	host, repo string
+	keychain   Keychain
+	timeout    time.Duration
+	// mk makes the token-flow authorizer (containerd's docker authorizer) for a credential.
+	mk func(Credential) docker.Authorizer
+
+	mu   sync.Mutex
+	a    docker.Authorizer // nil: anonymous until challenged
+	cred Credential        // what a was made with
+	gen  uint64
 }
 
-func newAuthState(mk func() docker.Authorizer) *authState {
-	return &authState{a: mk(), mk: mk}
-}
-
-func (s *authState) current() (docker.Authorizer, uint64) {
+func (s *authState) current() (docker.Authorizer, Credential, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.a, s.gen
+	return s.a, s.cred, s.gen
 }
 
-// authorize sets the Authorization header of req, if the endpoint has asked for it.
-func (s *authState) authorize(ctx context.Context, req *http.Request) (uint64, error) {
-	a, gen := s.current()
-	if err := a.Authorize(ctx, req); err != nil {
-		return gen, fmt.Errorf("authorize %s: %w", req.URL.Host, err)
-	}
-	return gen, nil
-}
-
-// challenged handles a 401 answered to a request authorized at generation gen.
-func (s *authState) challenged(ctx context.Context, gen uint64, hadAuth bool, resp *http.Response) error {
+// reset drops the authorizer made at generation gen; with refused, the keychain is told that
+// its credential was refused. It returns the generation now current.
+func (s *authState) reset(ctx context.Context, gen uint64, refused bool) uint64 {
 	s.mu.Lock()
-	if hadAuth && s.gen == gen {
-		s.a = s.mk()
+	cred, mine := s.cred, s.gen == gen
+	if mine {
+		s.a, s.cred = nil, Credential{}
 		s.gen++
 	}
-	a := s.a
+	now := s.gen
 	s.mu.Unlock()
-	if err := a.AddResponses(ctx, []*http.Response{resp}); err != nil {
-		return fmt.Errorf("authenticate to %s: %w", resp.Request.URL.Host, err)
+	if mine && refused && !cred.IsZero() {
+		s.keychain.Refused(ctx, s.host, s.repo, cred)
 	}
+	return now
+}
+
+// authorize sets the Authorization header of req once the registry has asked for it. A token
+// service that refuses the credential makes the request go anonymously: the registry's challenge
+// then brings the keychain's next credential. refused is that credential, or nil.
+func (s *authState) authorize(ctx context.Context, req *http.Request) (gen uint64, refused *Credential, err error) {
+	a, cred, gen := s.current()
+	if a == nil {
+		return gen, nil, nil
+	}
+	err = a.Authorize(ctx, req)
+	if err == nil {
+		return gen, nil, nil
+	}
+	if se, ok := errors.AsType[remoteerrors.ErrUnexpectedStatus](err); ok && (se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden) {
+		log.G(ctx).WithFields(log.Fields{"host": s.host, "repository": s.repo, "status": se.StatusCode}).Info("token service refused the credentials; asking the next source")
+		req.Header.Del("Authorization")
+		return s.reset(ctx, gen, true), &cred, nil
+	}
+	return gen, nil, fmt.Errorf("authorize %s: %w", req.URL.Host, err)
+}
+
+// challenged handles a 401, or a 403 to a request that carried Authorization (sent), answered
+// at generation gen. It reports whether the request should be sent again; refused collects the
+// credentials refused during this logical request, so that none is tried twice.
+func (s *authState) challenged(ctx context.Context, gen uint64, sent string, resp *http.Response, refused *[]Credential) (bool, error) {
+	if sent == "" {
+		// Challenged without credentials: ask the keychain again, which may have some by now
+		// (an authorizer made with none would never send any).
+		s.reset(ctx, gen, false)
+	} else {
+		_, cred, _ := s.current()
+		// A token the authorizer fetched may just have expired; the credential itself was
+		// refused when it was sent as it is, or when the registry forbids what a token allows.
+		credRefused := strings.HasPrefix(sent, "Basic ") || cred.RegistryToken != "" || resp.StatusCode == http.StatusForbidden
+		if credRefused {
+			*refused = append(*refused, cred)
+			log.G(ctx).WithFields(log.Fields{"host": s.host, "repository": s.repo, "status": resp.StatusCode}).Info("registry refused the credentials; asking the next source")
+		}
+		s.reset(ctx, gen, credRefused)
+	}
+	if resp.StatusCode == http.StatusForbidden {
+		// No challenge to answer: the request goes again without Authorization, and the
+		// registry's challenge to it brings the next credential.
+		return sent != "", nil
+	}
+	a, _, g := s.current()
+	if a == nil {
+		lctx, cancel := context.WithTimeout(ctx, s.timeout)
+		c, err := s.keychain.Credential(lctx, s.host, s.repo)
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("credentials for %s/%s: %w", s.host, s.repo, err)
+		}
+		if slices.Contains(*refused, c) && !c.IsZero() {
+			return false, nil // nothing new to try
+		}
+		var na docker.Authorizer
+		if c.RegistryToken != "" {
+			na = registryToken(c.RegistryToken)
+		} else {
+			na = s.mk(c)
+		}
+		s.mu.Lock()
+		if s.gen == g && s.a == nil {
+			s.a, s.cred = na, c
+		}
+		a = s.a
+		s.mu.Unlock()
+		if a == nil {
+			return true, nil // reset meanwhile by another request: try again
+		}
+	}
+	if err := a.AddResponses(ctx, []*http.Response{resp}); err != nil {
+		return false, fmt.Errorf("authenticate to %s: %w", resp.Request.URL.Host, err)
+	}
+	return true, nil
+}
+
+// registryToken authorizes every request with a bearer token given by the keychain (CRI's
+// registry_token): no token flow.
+type registryToken string
+
+func (t registryToken) Authorize(_ context.Context, req *http.Request) error {
+	req.Header.Set("Authorization", "Bearer "+string(t))
 	return nil
 }
+
+func (registryToken) AddResponses(context.Context, []*http.Response) error { return nil }

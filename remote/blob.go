@@ -380,7 +380,7 @@ func (b *BlobReader) attempt(ctx context.Context, ep *endpoint, u *url.URL, dire
 	// A response may hold at most the extent of the spans (servers may merge close ranges).
 	want := grp[len(grp)-1].end() - grp[0].Offset
 	req := &request{
-		ep: ep, method: http.MethodGet, u: u, op: "blob_range", direct: direct,
+		ep: ep, repo: b.ref.repo, method: http.MethodGet, u: u, op: "blob_range", direct: direct,
 		header: http.Header{"Range": {rangeHeader(grp)}},
 	}
 	if direct {

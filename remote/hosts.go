@@ -22,7 +22,23 @@ type endpoint struct {
 	host   docker.RegistryHost
 	ns     string // the upstream registry host, sent as ?ns= to mirrors
 	mirror bool
-	auth   *authState
+	// newAuth makes the authorizer of one repository on this endpoint.
+	newAuth func(repo string) *authState
+
+	mu    sync.Mutex
+	auths map[string]*authState // by repository
+}
+
+// authFor returns the authorizer of repo on e: credentials are per repository.
+func (e *endpoint) authFor(repo string) *authState {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a, ok := e.auths[repo]
+	if !ok {
+		a = e.newAuth(repo)
+		e.auths[repo] = a
+	}
+	return a
 }
 
 // hostState is what is remembered per network host, across repositories and blobs.
@@ -123,17 +139,20 @@ func (r *Registry) loadEndpoints(ctx context.Context, ns string) ([]*endpoint, e
 	for _, h := range rhosts {
 		h := h
 		mirror := h.Host != ns && !(ns == "docker.io" && h.Host == "registry-1.docker.io")
-		mk := func() docker.Authorizer {
+		mk := func(c Credential) docker.Authorizer {
 			opts := []docker.AuthorizerOpt{
 				docker.WithAuthClient(h.Client),
-				docker.WithAuthCreds(r.credentialsFor),
+				docker.WithAuthCreds(func(string) (string, string, error) { return c.Username, c.Secret, nil }),
 			}
 			if len(h.Header) > 0 {
 				opts = append(opts, docker.WithAuthHeader(h.Header))
 			}
 			return docker.NewDockerAuthorizer(opts...)
 		}
-		eps = append(eps, &endpoint{host: h, ns: ns, mirror: mirror, auth: newAuthState(mk)})
+		newAuth := func(repo string) *authState {
+			return &authState{host: h.Host, repo: repo, keychain: r.opts.keychain, timeout: r.opts.credentialsTimeout, mk: mk}
+		}
+		eps = append(eps, &endpoint{host: h, ns: ns, mirror: mirror, newAuth: newAuth, auths: map[string]*authState{}})
 	}
 	return eps, nil
 }
@@ -162,13 +181,6 @@ func (r *Registry) hostsFingerprint(ns string) string {
 		}
 	}
 	return b.String()
-}
-
-// credentialsFor is the credentials callback of containerd's authorizer.
-func (r *Registry) credentialsFor(host string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.credentialsTimeout)
-	defer cancel()
-	return r.opts.credentials.Credentials(ctx, host)
 }
 
 // state returns what is remembered of a network host (host[:port]).

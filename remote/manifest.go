@@ -72,7 +72,7 @@ func (r *Registry) Resolve(ctx context.Context, ref string) (ocispec.Descriptor,
 // resolveOn asks one endpoint with HEAD, and with GET when HEAD does not tell the digest.
 func (r *Registry) resolveOn(ctx context.Context, ep *endpoint, rr repoRef) (ocispec.Descriptor, error) {
 	req := &request{
-		ep: ep, method: http.MethodHead, u: ep.url(rr.repo, "manifests/"+rr.object(), nil), op: "resolve",
+		ep: ep, repo: rr.repo, method: http.MethodHead, u: ep.url(rr.repo, "manifests/"+rr.object(), nil), op: "resolve",
 		header: http.Header{"Accept": {manifestAccept}},
 	}
 	resp, err := r.send(ctx, req)
@@ -185,7 +185,7 @@ func (r *Registry) fetchVerified(ctx context.Context, ref string, desc ocispec.D
 	var body []byte
 	err = r.eachEndpoint(ctx, rr, docker.HostCapabilityPull, func(ep *endpoint) error {
 		return r.withRetry(ctx, ep.host.Host, op, func(ctx context.Context) error {
-			req := &request{ep: ep, method: http.MethodGet, u: ep.url(rr.repo, kind+desc.Digest.String(), nil), op: op}
+			req := &request{ep: ep, repo: rr.repo, method: http.MethodGet, u: ep.url(rr.repo, kind+desc.Digest.String(), nil), op: op}
 			if accept != "" {
 				req.header = http.Header{"Accept": {accept}}
 			}

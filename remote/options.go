@@ -13,6 +13,7 @@ type Option func(*options)
 type options struct {
 	hostsDir           string
 	credentials        Credentials
+	keychain           Keychain
 	metrics            *Metrics
 	requestTimeout     time.Duration
 	maxAttempts        int
@@ -63,6 +64,10 @@ func WithHostsDir(dir string) Option { return func(o *options) { o.hostsDir = di
 // WithCredentials sets where credentials come from (default: Docker's config.json, see
 // [DockerConfig]). Use [ChainCredentials] to add sources in front of it.
 func WithCredentials(c Credentials) Option { return func(o *options) { o.credentials = c } }
+
+// WithKeychain sets a source of credentials per repository that hears which credentials the
+// registry refused; it replaces [WithCredentials].
+func WithKeychain(k Keychain) Option { return func(o *options) { o.keychain = k } }
 
 // WithMetrics makes the Registry count into m; the caller registers m.Collectors().
 func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }

@@ -62,7 +62,7 @@ func (r *Registry) PushBlob(ctx context.Context, ref string, desc ocispec.Descri
 	blobURL := ep.url(rr.repo, "blobs/"+desc.Digest.String(), nil)
 	var exists bool
 	err = r.withRetry(ctx, host, "blob_exists", func(ctx context.Context) error {
-		req := &request{ep: ep, method: http.MethodHead, u: blobURL, op: "blob_exists"}
+		req := &request{ep: ep, repo: rr.repo, method: http.MethodHead, u: blobURL, op: "blob_exists"}
 		resp, err := r.send(ctx, req)
 		if err != nil {
 			return err
@@ -98,7 +98,7 @@ func (r *Registry) PushBlob(ctx context.Context, ref string, desc ocispec.Descri
 		q.Set("digest", desc.Digest.String())
 		loc.RawQuery = q.Encode()
 		req := &request{
-			ep: ep, method: http.MethodPut, u: loc, op: "blob_upload",
+			ep: ep, repo: rr.repo, method: http.MethodPut, u: loc, op: "blob_upload",
 			header:  http.Header{"Content-Type": {"application/octet-stream"}},
 			body:    func() io.Reader { return io.NewSectionReader(content, 0, desc.Size) },
 			bodyLen: desc.Size,
@@ -137,7 +137,7 @@ func mountSource(m, host string) (repo string, ok bool) {
 // a mount made the blob present.
 func (r *Registry) startUpload(ctx context.Context, ep *endpoint, rr repoRef, d digest.Digest, froms []string) (*url.URL, bool, error) {
 	post := func(q url.Values) (*url.URL, bool, error) {
-		req := &request{ep: ep, method: http.MethodPost, u: ep.url(rr.repo, "blobs/uploads/", q), op: "blob_upload"}
+		req := &request{ep: ep, repo: rr.repo, method: http.MethodPost, u: ep.url(rr.repo, "blobs/uploads/", q), op: "blob_upload"}
 		resp, err := r.send(ctx, req)
 		if err != nil {
 			return nil, false, err
@@ -177,15 +177,15 @@ func (r *Registry) startUpload(ctx context.Context, ep *endpoint, rr repoRef, d 
 		if i == len(froms)-1 {
 			return loc, false, nil
 		}
-		r.cancelUpload(ctx, ep, loc)
+		r.cancelUpload(ctx, ep, rr, loc)
 	}
 	return post(nil)
 }
 
 // cancelUpload ends an upload session that will not be used. A failure only leaves the
 // session for the registry to expire.
-func (r *Registry) cancelUpload(ctx context.Context, ep *endpoint, loc *url.URL) {
-	req := &request{ep: ep, method: http.MethodDelete, u: loc, op: "blob_upload_cancel"}
+func (r *Registry) cancelUpload(ctx context.Context, ep *endpoint, rr repoRef, loc *url.URL) {
+	req := &request{ep: ep, repo: rr.repo, method: http.MethodDelete, u: loc, op: "blob_upload_cancel"}
 	resp, err := r.send(ctx, req)
 	if err != nil {
 		log.G(ctx).WithFields(log.Fields{"host": ep.host.Host}).WithError(err).Debug("cancel unused upload session")
@@ -345,7 +345,7 @@ func (r *Registry) putManifest(ctx context.Context, ep *endpoint, rr repoRef, ob
 	var subject string
 	err := r.withRetry(ctx, ep.host.Host, "manifest_push", func(ctx context.Context) error {
 		req := &request{
-			ep: ep, method: http.MethodPut, u: ep.url(rr.repo, "manifests/"+object, nil), op: "manifest_push",
+			ep: ep, repo: rr.repo, method: http.MethodPut, u: ep.url(rr.repo, "manifests/"+object, nil), op: "manifest_push",
 			header:  http.Header{"Content-Type": {mediaType}},
 			body:    func() io.Reader { return bytes.NewReader(content) },
 			bodyLen: int64(len(content)),

@@ -128,7 +128,7 @@ func (r *Registry) referrersAPI(ctx context.Context, ep *endpoint, rr repoRef, s
 		u := next
 		next = nil
 		err := r.withRetry(ctx, ep.host.Host, "referrers", func(ctx context.Context) error {
-			req := &request{ep: ep, method: http.MethodGet, u: u, op: "referrers", header: http.Header{"Accept": {ocispec.MediaTypeImageIndex}}}
+			req := &request{ep: ep, repo: rr.repo, method: http.MethodGet, u: u, op: "referrers", header: http.Header{"Accept": {ocispec.MediaTypeImageIndex}}}
 			resp, err := r.send(ctx, req)
 			if err != nil {
 				return err
@@ -201,7 +201,7 @@ func (r *Registry) getFallbackIndex(ctx context.Context, ep *endpoint, rr repoRe
 	var body []byte
 	u := ep.url(rr.repo, "manifests/"+FallbackTag(subject), nil)
 	err := r.withRetry(ctx, ep.host.Host, "referrers_fallback", func(ctx context.Context) error {
-		req := &request{ep: ep, method: http.MethodGet, u: u, op: "referrers_fallback", header: http.Header{"Accept": {ocispec.MediaTypeImageIndex}}}
+		req := &request{ep: ep, repo: rr.repo, method: http.MethodGet, u: u, op: "referrers_fallback", header: http.Header{"Accept": {ocispec.MediaTypeImageIndex}}}
 		resp, err := r.send(ctx, req)
 		if err != nil {
 			return err

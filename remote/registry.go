@@ -39,6 +39,9 @@ func New(opts ...Option) (*Registry, error) {
 	if o.credentials == nil {
 		o.credentials = Anonymous()
 	}
+	if o.keychain == nil {
+		o.keychain = credentialsKeychain{o.credentials}
+	}
 	m := o.metrics
 	if m == nil {
 		m = NewMetrics()

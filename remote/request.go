@@ -23,6 +23,7 @@ var errInvalidArgument = errdefs.ErrInvalidArgument
 // for retries.
 type request struct {
 	ep     *endpoint
+	repo   string // the repository the request is for: credentials are per repository
 	method string
 	u      *url.URL
 	header http.Header
@@ -162,18 +163,29 @@ func (b *releasingBody) Close() error {
 }
 
 func (r *Registry) sendAuthorized(ctx context.Context, req *request) (*http.Response, error) {
+	var (
+		auth    *authState
+		refused []Credential // during this request: never tried twice
+	)
+	if !req.direct {
+		auth = req.ep.authFor(req.repo)
+	}
 	for try := 0; ; try++ {
 		hreq, err := r.build(ctx, req)
 		if err != nil {
 			return nil, err
 		}
 		var gen uint64
-		if !req.direct {
-			if gen, err = req.ep.auth.authorize(ctx, hreq); err != nil {
+		if auth != nil {
+			var tokenRefused *Credential
+			if gen, tokenRefused, err = auth.authorize(ctx, hreq); err != nil {
 				return nil, err
 			}
+			if tokenRefused != nil {
+				refused = append(refused, *tokenRefused)
+			}
 		}
-		hadAuth := hreq.Header.Get("Authorization") != ""
+		sent := hreq.Header.Get("Authorization")
 		start := time.Now()
 		resp, err := req.ep.host.Client.Do(hreq)
 		host := req.u.Host
@@ -186,14 +198,20 @@ func (r *Registry) sendAuthorized(ctx context.Context, req *request) (*http.Resp
 		}
 		r.metrics.requests.WithLabelValues(host, req.op, strconv.Itoa(resp.StatusCode)).Inc()
 		r.metrics.latency.WithLabelValues(host, req.op).Observe(time.Since(start).Seconds())
-		if resp.StatusCode != http.StatusUnauthorized || req.direct || try > 0 {
+		challenge := resp.StatusCode == http.StatusUnauthorized || (resp.StatusCode == http.StatusForbidden && sent != "")
+		if !challenge || auth == nil || try == maxAuthTries-1 {
+			return resp, nil
+		}
+		again, err := auth.challenged(ctx, gen, sent, resp, &refused)
+		if err != nil {
+			drain(resp)
+			return nil, err
+		}
+		if !again {
 			return resp, nil
 		}
 		drain(resp)
-		if err := req.ep.auth.challenged(ctx, gen, hadAuth, resp); err != nil {
-			return nil, err
-		}
-		log.G(ctx).WithFields(log.Fields{"host": host, "op": req.op}).Debug("registry asked for authentication; retrying once")
+		log.G(ctx).WithFields(log.Fields{"host": host, "op": req.op, "status": resp.StatusCode}).Debug("registry asked for authentication; retrying")
 	}
 }
 

@@ -33,6 +33,7 @@ func (s *Snapshotter) cleanup(ctx context.Context) error {
 				log.G(ctx).WithError(err).WithField("path", dir).Warn("unmount streamed layer; detaching it")
 			}
 			s.forgetCachedLayer(ctx, ml.blob)
+			s.removed(ctx, filepath.Base(dir), ml)
 		}
 		if err := removeSnapshotDir(dir); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("cannot remove snapshot directory; next cleanup retries")

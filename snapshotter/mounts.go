@@ -80,6 +80,32 @@ func (ml *mountedLayer) unmount(ctx context.Context) error {
 	return err
 }
 
+// LayerObserver hears when a streamed layer starts being served (mounted at a pull, or again
+// at start) and when it is removed, with the reference its blob is read through: the daemon
+// keeps the credentials of that repository for as long. A restart stops serving layers
+// without removing them.
+type LayerObserver interface {
+	LayerServed(ctx context.Context, id, ref string)
+	LayerRemoved(ctx context.Context, id, ref string)
+}
+
+// WithLayerObserver makes the snapshotter tell o about streamed layers.
+func WithLayerObserver(o LayerObserver) Opt {
+	return func(s *settings) { s.observer = o }
+}
+
+func (s *Snapshotter) served(ctx context.Context, id string, ml *mountedLayer) {
+	if s.observer != nil && ml.ref != "" {
+		s.observer.LayerServed(ctx, id, ml.ref)
+	}
+}
+
+func (s *Snapshotter) removed(ctx context.Context, id string, ml *mountedLayer) {
+	if s.observer != nil && ml.ref != "" {
+		s.observer.LayerRemoved(ctx, id, ml.ref)
+	}
+}
+
 // remoteLayers tracks the streamed layers by snapshot id.
 type remoteLayers struct {
 	mu     sync.Mutex

@@ -155,6 +155,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return "commit-error", commitErr
 	}
 	s.remote.add(id, ml)
+	s.served(ctx, id, ml)
 	s.record(l.ImageRef, ml)
 	ml.mounted.Prefetch(prefetch)
 	s.startBackground(ml, layer.Original)

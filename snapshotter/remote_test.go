@@ -181,7 +181,8 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store),
+	obs := &layerEvents{}
+	sn, err := NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store), WithLayerObserver(obs),
 		WithFSOptions(rillfs.Limits{}, rillfs.MountOptions{Debug: os.Getenv("RILL_FUSE_DEBUG") != ""}))
 	if err != nil {
 		t.Fatal(err)
@@ -214,6 +215,7 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("stream", "estargz")); got != 2 {
 		t.Fatalf("stream decisions counted: %v", got)
 	}
+	obs.expect(t, "after the pull", 2, 0)
 
 	want := extract(t, resolver.layers[digests[0]].tar, resolver.layers[digests[1]].tar)
 	view, release := mountView(t, ctx, sn, "view-1", "chain-1")
@@ -238,11 +240,13 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store))
+	obs = &layerEvents{}
+	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics), WithCache(store), WithLayerObserver(obs))
 	if err != nil {
 		t.Fatal(err)
 	}
 	closed = false
+	obs.expect(t, "after the restart", 2, 0)
 	if got := testutil.ToFloat64(metrics.restores.WithLabelValues("ok")); got != 2 {
 		t.Fatalf("restored layers: %v", got)
 	}
@@ -262,6 +266,7 @@ func TestStreamedLayersLifecycle(t *testing.T) {
 	if m := mountsUnder(t, filepath.Join(root, "snapshots")); len(m) != 0 {
 		t.Fatalf("mounts left after removing the streamed layers: %v", m)
 	}
+	obs.expect(t, "after the removal", 2, 2)
 	if u := store.Usage(); u != 0 {
 		t.Fatalf("the cache still holds %d bytes of removed layers", u)
 	}
@@ -733,4 +738,46 @@ func TestSecondNamespaceSharesStreamedLayers(t *testing.T) {
 		t.Fatalf("the first namespace still has the image after removing it: %v", err)
 	}
 	read("second")
+}
+
+// layerEvents records what a LayerObserver hears.
+type layerEvents struct {
+	mu      sync.Mutex
+	served  map[string]string // id → ref
+	removed map[string]string
+}
+
+func (e *layerEvents) LayerServed(_ context.Context, id, ref string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.served == nil {
+		e.served = map[string]string{}
+	}
+	e.served[id] = ref
+}
+
+func (e *layerEvents) LayerRemoved(_ context.Context, id, ref string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.removed == nil {
+		e.removed = map[string]string{}
+	}
+	e.removed[id] = ref
+}
+
+func (e *layerEvents) expect(t *testing.T, when string, served, removed int) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.served) != served || len(e.removed) != removed {
+		t.Fatalf("%s: the observer heard of %d served and %d removed layers, want %d and %d", when, len(e.served), len(e.removed), served, removed)
+	}
+	for id, ref := range e.served {
+		if ref == "" {
+			t.Fatalf("%s: layer %s served without its reference", when, id)
+		}
+		if r, ok := e.removed[id]; ok && r != ref {
+			t.Fatalf("%s: layer %s removed with reference %q, served with %q", when, id, r, ref)
+		}
+	}
 }

@@ -107,6 +107,7 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error
 		return err
 	}
 	s.remote.add(id, ml)
+	s.served(ctx, id, ml)
 	ml.mounted.Prefetch(rec.Prefetch) // what is still missing
 	s.startBackground(ml, rec.Original)
 	return nil

@@ -35,6 +35,7 @@ type settings struct {
 	backgroundDelay time.Duration
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
+	observer        LayerObserver
 }
 
 // WithMetadataLockTimeout bounds the wait for the metadata store's file lock, held by another
@@ -76,6 +77,7 @@ type Snapshotter struct {
 	failed          *failedLayers
 	recordWindow    time.Duration
 	recs            recordings
+	observer        LayerObserver
 }
 
 var (
@@ -118,6 +120,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
 		background: set.background, backgroundDelay: set.backgroundDelay, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		observer: set.observer,
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)

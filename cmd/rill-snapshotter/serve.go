@@ -51,7 +51,12 @@ func serve(ctx context.Context, cfg config.Config) error {
 			return fmt.Errorf("status_address: %w", err)
 		}
 	}
-	opts, closeCache, err := streamingOptions(ctx, cfg, reg)
+	if sa := cfg.CRISocket(); sa != "" {
+		if _, err := checkSocket(ctx, sa); err != nil {
+			return fmt.Errorf("credentials.cri_address: %w", err)
+		}
+	}
+	opts, creds, closeCache, err := streamingOptions(ctx, cfg, reg)
 	if err != nil {
 		return err
 	}
@@ -68,6 +73,9 @@ func serve(ctx context.Context, cfg config.Config) error {
 			log.WithError(err).Error("closing the snapshotter")
 		}
 	}()
+	if creds != nil {
+		creds.Prune(ctx) // the layers of the last run are restored: drop what none of them uses
+	}
 	// Directories left by a crash between Remove and Cleanup go now, not at the next GC.
 	if err := sn.Cleanup(ctx); err != nil {
 		log.WithError(err).Warn("startup cleanup incomplete")
@@ -101,6 +109,15 @@ func serve(ctx context.Context, cfg config.Config) error {
 			lis.Close()
 			return err
 		}
+	}
+
+	if cfg.CRISocket() != "" {
+		stopCRI, err := serveCRI(ctx, cfg, creds)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer stopCRI()
 	}
 
 	serveErr := make(chan error, 1)

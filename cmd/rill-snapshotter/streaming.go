@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rillstream/rill/cache"
 	"github.com/rillstream/rill/config"
+	"github.com/rillstream/rill/credentials"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/remote"
 	"github.com/rillstream/rill/snapshotter"
@@ -18,7 +19,10 @@ import (
 // streamingOptions builds the snapshotter options of the streaming path from the config, and
 // registers its metrics. ctx is the daemon's lifetime: blob readers live as long. closeCache
 // closes the cache; call it after the snapshotter is closed.
-func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Registerer) (_ []snapshotter.Opt, closeCache func(), _ error) {
+//
+// creds is the store of CRI-captured credentials (nil when streaming is off): the daemon prunes
+// it once the snapshotter has restored its layers, and the CRI proxy fills it.
+func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Registerer) (_ []snapshotter.Opt, creds *credentials.Store, closeCache func(), _ error) {
 	c := cfg.Streaming
 	snMetrics := snapshotter.NewMetrics()
 	reg.MustRegister(snMetrics.Collectors()...)
@@ -26,26 +30,30 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	closeCache = func() {}
 	if !c.Enabled {
 		logrus.Info("streaming is off: every layer is pulled in full")
-		return opts, closeCache, nil
+		return opts, nil, closeCache, nil
+	}
+	creds, keychain, err := credentialSources(ctx, cfg)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	remoteMetrics := remote.NewMetrics()
 	reg.MustRegister(remoteMetrics.Collectors()...)
 	registry, err := remote.New(
 		remote.WithHostsDir(c.HostsDir),
-		remote.WithCredentials(remote.DockerConfig(c.DockerConfig)),
+		remote.WithKeychain(keychain),
 		remote.WithMetrics(remoteMetrics),
 		remote.WithUserAgent("rill-snapshotter/"+version),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("streaming: registry access: %w", err)
+		return nil, nil, nil, fmt.Errorf("streaming: registry access: %w", err)
 	}
 	resolver, err := snapshotter.NewRegistryResolver(ctx, registry, c.Platforms, c.Trust)
 	if err != nil {
-		return nil, nil, fmt.Errorf("streaming: %w", err)
+		return nil, nil, nil, fmt.Errorf("streaming: %w", err)
 	}
 	store, err := cache.Open(ctx, filepath.Join(cfg.Root, "cache"), cache.WithBudget(cfg.Cache.MaxSizeBytes()))
 	if err != nil {
-		return nil, nil, fmt.Errorf("cache under %s: %w", filepath.Join(cfg.Root, "cache"), err)
+		return nil, nil, nil, fmt.Errorf("cache under %s: %w", filepath.Join(cfg.Root, "cache"), err)
 	}
 	reg.MustRegister(store.Metrics())
 	closeCache = func() {
@@ -58,6 +66,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	logrus.WithFields(logrus.Fields{"platforms": c.Platforms, "trust": c.Trust, "cache_max_size": cfg.Cache.MaxSize}).Info("streaming is on")
 	return append(opts,
 		snapshotter.WithResolver(resolver),
+		snapshotter.WithLayerObserver(creds),
 		snapshotter.WithCache(store),
 		snapshotter.WithBackgroundFetch(c.BackgroundFetch, c.BackgroundDelayDuration()),
 		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
@@ -67,7 +76,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 			NoPassthrough:  !c.Passthrough,
 			BackgroundRate: backgroundLimiter(c.BackgroundRateBytes()),
 		}),
-	), closeCache, nil
+	), creds, closeCache, nil
 }
 
 // backgroundLimiter is the one limiter of the background fetch of every layer; nil: no cap.

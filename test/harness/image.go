@@ -33,8 +33,9 @@ type PushedImage struct {
 	Size           int64     // compressed bytes of all layers
 }
 
-// Push assembles an OCI image from spec and pushes it to ref (a registry on loopback, plain HTTP).
-func Push(ctx context.Context, ref string, spec ImageSpec) (*PushedImage, error) {
+// Push assembles an OCI image from spec and pushes it to ref (a registry on loopback, plain
+// HTTP); opts add to the push's options (remote.WithAuth for a registry that needs it).
+func Push(ctx context.Context, ref string, spec ImageSpec, opts ...remote.Option) (*PushedImage, error) {
 	tag, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		return nil, fmt.Errorf("parsing image reference %q: %w", ref, err)
@@ -43,7 +44,7 @@ func Push(ctx context.Context, ref string, spec ImageSpec) (*PushedImage, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := remote.Write(tag, img, remote.WithContext(ctx)); err != nil {
+	if err := remote.Write(tag, img, append([]remote.Option{remote.WithContext(ctx)}, opts...)...); err != nil {
 		return nil, fmt.Errorf("pushing %s to the registry: %w", ref, err)
 	}
 	return pushed, nil

@@ -41,6 +41,15 @@ func StartRegistry(ctx context.Context, dir string) (*Registry, error) {
 	return startRegistry(ctx, dir, dir)
 }
 
+// StartRegistryHtpasswd is StartRegistry with basic authentication against an htpasswd file
+// (bcrypt entries), which the registry reads again whenever it changes.
+func StartRegistryHtpasswd(ctx context.Context, dir, htpasswd string) (*Registry, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the registry directory: %w", err)
+	}
+	return startRegistry(ctx, dir, dir, fmt.Sprintf("auth:\n  htpasswd:\n    realm: rill-test\n    path: %s\n", htpasswd))
+}
+
 // Stop stops the registry (SIGTERM, then SIGKILL after a grace period). Its exit status on
 // SIGTERM is not ours to judge.
 func (r *Registry) Stop(ctx context.Context) error {
@@ -104,7 +113,8 @@ func (r *Registry) ping(ctx context.Context) error {
 		return err
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	// 401: a registry with authentication answers, without credentials, with its challenge.
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusUnauthorized {
 		return fmt.Errorf("GET /v2/: %s", resp.Status)
 	}
 	return nil

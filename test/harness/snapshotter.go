@@ -38,6 +38,7 @@ type Snapshotter struct {
 	metrics        string
 	metricsAddress string
 	streaming      []string // extra [streaming] lines (SetStreaming)
+	credentials    []string // [credentials] lines (SetCredentials)
 }
 
 const snapshotterConfig = `root = %q
@@ -51,7 +52,9 @@ async_remove = true
 
 [streaming]
 hosts_dir = %q
-%s%s`
+%s%s
+[credentials]
+%s`
 
 // streamingDefaults are [streaming] lines of the harness's config that SetStreaming can
 // override, by key.
@@ -106,6 +109,17 @@ func (s *Snapshotter) SetStreaming(lines ...string) error {
 	return s.writeConfig()
 }
 
+// SetCredentials replaces the lines of the config's [credentials] table (TOML, such as
+// `containerd_address = "..."`); they take effect at the next Start.
+func (s *Snapshotter) SetCredentials(lines ...string) error {
+	s.credentials = lines
+	return s.writeConfig()
+}
+
+// CRISocket is the socket of rill-snapshotter's CRI image-service proxy (its default place,
+// beside the snapshots socket).
+func (s *Snapshotter) CRISocket() string { return filepath.Join(s.dir, "cri.sock") }
+
 func (s *Snapshotter) writeConfig() error {
 	key := func(line string) string { k, _, _ := strings.Cut(line, "="); return strings.TrimSpace(k) }
 	extra := ""
@@ -117,7 +131,8 @@ func (s *Snapshotter) writeConfig() error {
 	for _, l := range s.streaming {
 		extra += l + "\n"
 	}
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics), 0o644); err != nil {
+	creds := strings.Join(s.credentials, "\n") + "\n"
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics, creds), 0o644); err != nil {
 		return fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return nil
