@@ -11,6 +11,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -46,6 +47,10 @@ type segment struct {
 const headSegmentKey = "x0"
 
 func extraKey(blobOffset int64) string { return "x" + strconv.FormatInt(blobOffset, 10) }
+
+// isRecordKey tells the cache keys of records (extraKey, headSegmentKey) from those of files
+// (cacheKey: decimal blob offsets).
+func isRecordKey(key string) bool { return strings.HasPrefix(key, "x") }
 
 // recordSize is the size of the cache entry holding the tar bytes that follow a chunk in its
 // segment: sparse, so only what is written takes space. Longer runs of tar headers between two

@@ -214,5 +214,14 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 // Done is closed when the layer is unmounted: background work of the layer stops with it.
 func (m *Mounted) Done() <-chan struct{} { return m.ctx.Done() }
 
+// LocalBytes returns how many bytes of the layer's files are in the cache (at most idx.Bytes:
+// neither the cache's block rounding nor the tar headers kept for verification count).
+func (m *Mounted) LocalBytes() int64 {
+	if m.lfs.cache == nil {
+		return 0
+	}
+	return m.lfs.cache.PresentBytes(func(key string) bool { return !isRecordKey(key) })
+}
+
 // Wait blocks until the filesystem is unmounted.
 func (m *Mounted) Wait() { m.server.Wait() }

@@ -7,6 +7,8 @@ type Metrics struct {
 	decisions     *prometheus.CounterVec
 	restores      *prometheus.CounterVec
 	verifications *prometheus.CounterVec
+	// backgroundRetries counts background fetches that failed and resume after a backoff.
+	backgroundRetries prometheus.Counter
 }
 
 // NewMetrics creates the collectors.
@@ -22,14 +24,18 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_layer_verifications_total",
-			Help: "Streamed layers made complete in the background and checked against the original layer, by result (ok, mismatch: an alarm, incomplete: not checked).",
+			Help: "Streamed layers made complete in the background and checked against the original layer, by result (ok, mismatch: an alarm).",
 		}, []string{"result"}),
+		backgroundRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rill_background_retries_total",
+			Help: "Background fetches of streamed layers that failed (registry unreachable, corrupt responses, cache full) and resume after a backoff.",
+		}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.decisions, m.restores, m.verifications}
+	return []prometheus.Collector{m.decisions, m.restores, m.verifications, m.backgroundRetries}
 }
 
 func (m *Metrics) decision(result, reason string) { m.decisions.WithLabelValues(result, reason).Inc() }

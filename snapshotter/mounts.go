@@ -22,14 +22,17 @@ type mountedLayer struct {
 	mounted *rillfs.Mounted
 	cache   *cache.Layer // nil without a cache
 	blob    digest.Digest
-	ref     string
+	ref     string // the blob's repository@digest
+	image   string // the image reference pulled
 	reason  string
 	since   time.Time
 	bytes   int64 // of the layer's files
 
 	mu         sync.Mutex
-	background string // off, running, complete, verified, mismatch, incomplete
+	background string // off, waiting, running, incomplete (to be retried), complete, verified, mismatch, stopped
 	lastErr    string
+	retries    int       // background fetches that failed and were retried
+	nextRetry  time.Time // when the background fetch resumes (state incomplete)
 }
 
 func (ml *mountedLayer) setBackground(state string, err error) {
@@ -41,13 +44,28 @@ func (ml *mountedLayer) setBackground(state string, err error) {
 	}
 }
 
+// setRetry records a background fetch that failed and resumes at next.
+func (ml *mountedLayer) setRetry(err error, next time.Time) {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	ml.background, ml.lastErr, ml.nextRetry = "incomplete", err.Error(), next
+	ml.retries++
+}
+
+// setDone records a layer made complete: the errors on the way no longer matter.
+func (ml *mountedLayer) setDone(state string) {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	ml.background, ml.lastErr, ml.nextRetry = state, "", time.Time{}
+}
+
 // mountLayer mounts idx at mountpoint, reading through the cache when there is one. A cache
 // that cannot give a handle only costs fetches.
 func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer) (*mountedLayer, error) {
 	opts := s.fsMount
 	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
 	opts.RecordWindow = s.recordWindow
-	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
+	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, image: layer.Image, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
 	if s.cache != nil {
 		h, err := s.cache.Layer(ctx, layer.Desc.Digest)
 		if err != nil {

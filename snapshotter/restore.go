@@ -102,7 +102,7 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error
 	if err := unmountStale(mountpoint); err != nil {
 		return err
 	}
-	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Desc: rec.Desc, Blob: blob})
+	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Image: rec.Image, Desc: rec.Desc, Reason: rec.Reason, Blob: blob})
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,8 @@ type settings struct {
 	cache           *cache.Store
 	background      bool
 	backgroundDelay time.Duration
+	retryFirst      time.Duration
+	retryMax        time.Duration
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
 }
@@ -73,6 +75,8 @@ type Snapshotter struct {
 	cache           *cache.Store
 	background      bool
 	backgroundDelay time.Duration
+	retryFirst      time.Duration
+	retryMax        time.Duration
 	failed          *failedLayers
 	recordWindow    time.Duration
 	recs            recordings
@@ -85,7 +89,7 @@ var (
 
 // NewSnapshotter opens (or creates) the snapshotter state under root.
 func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter, error) {
-	set := settings{lockTimeout: 10 * time.Second}
+	set := settings{lockTimeout: 10 * time.Second, retryFirst: defaultRetryFirst, retryMax: defaultRetryMax}
 	for _, o := range opts {
 		o(&set)
 	}
@@ -117,7 +121,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, backgroundDelay: set.backgroundDelay, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)

@@ -45,7 +45,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "BLOB\tREF\tREASON\tLOCAL/TOTAL\tPREFETCH\tBACKGROUND\tMOUNTED\tERROR")
+	fmt.Fprintln(w, "BLOB\tIMAGE\tREASON\tLOCAL/TOTAL\tPREFETCH\tBACKGROUND\tMOUNTED\tERROR")
 	for _, l := range layers {
 		prefetch := "done"
 		if !l.PrefetchDone {
@@ -55,11 +55,21 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 		if len(blob) > 19 {
 			blob = blob[:19]
 		}
-		if l.Unavailable {
-			blob, l.Background = "(unavailable)", "-"
+		image := l.Image
+		if image == "" {
+			image = l.Ref // a layer streamed by a rill that did not record the image
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s/%s\t%s\t%s\t%s ago\t%s\n", blob, l.Ref, l.Reason,
-			units.BytesSize(float64(l.LocalBytes)), units.BytesSize(float64(l.Bytes)), prefetch, l.Background,
+		background := l.Background
+		if l.Retries > 0 && background == "incomplete" {
+			background = fmt.Sprintf("incomplete (%d retries, next in %s)", l.Retries, max(time.Until(l.NextRetry), 0).Round(time.Second))
+		} else if l.Retries > 0 {
+			background = fmt.Sprintf("%s (%d retries)", background, l.Retries)
+		}
+		if l.Unavailable {
+			blob, background = "(unavailable)", "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s/%s\t%s\t%s\t%s ago\t%s\n", blob, image, l.Reason,
+			units.BytesSize(float64(l.LocalBytes)), units.BytesSize(float64(l.Bytes)), prefetch, background,
 			time.Since(l.Mounted).Round(time.Second), l.LastError)
 	}
 	return w.Flush()

@@ -37,13 +37,14 @@ func serveLayers(t *testing.T, layers []snapshotter.LayerStatus) string {
 
 func TestStatusCommand(t *testing.T) {
 	layers := []snapshotter.LayerStatus{
-		{Snapshot: "7", Ref: "reg/app@sha256:aa", Blob: digest.FromString("a"), Reason: "bound-artifact", Mounted: time.Now().Add(-time.Minute),
+		{Snapshot: "7", Image: "reg/app:v1", Ref: "reg/app@sha256:aa", Blob: digest.FromString("a"), Reason: "bound-artifact", Mounted: time.Now().Add(-time.Minute),
 			Bytes: 100 << 20, LocalBytes: 5 << 20, PrefetchDone: true, Background: "running"},
-		{Snapshot: "8", Ref: "reg/app@sha256:bb", Blob: digest.FromString("b"), Reason: "estargz", Mounted: time.Now(),
+		{Snapshot: "8", Image: "reg/app:v2", Ref: "reg/app@sha256:bb", Blob: digest.FromString("b"), Reason: "estargz", Mounted: time.Now(),
 			Bytes: 10 << 20, LocalBytes: 10 << 20, PrefetchDone: true, Background: "mismatch", LastError: "layer does not match the original"},
 	}
 	sock := serveLayers(t, layers)
 	var out, errOut bytes.Buffer
+
 	if code := run(context.Background(), []string{"status", "--socket", sock}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
@@ -64,5 +65,28 @@ func TestStatusCommand(t *testing.T) {
 	errOut.Reset()
 	if code := run(context.Background(), []string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "is it running") {
 		t.Fatalf("no daemon: exit %d, %q", code, errOut.String())
+	}
+}
+
+// The table names the image pulled (not the blob's repository@digest), the reason after a
+// restart, and a background fetch waiting to resume after failures with its retries and error.
+func TestStatusShowsImageRetriesAndError(t *testing.T) {
+	layers := []snapshotter.LayerStatus{
+		{Snapshot: "7", Image: "reg/app:v1", Ref: "reg/app@sha256:aa", Blob: digest.FromString("a"), Reason: "bound-artifact", Mounted: time.Now(),
+			Bytes: 100 << 20, LocalBytes: 53 << 20, CacheBytes: 104 << 20, PrefetchDone: true, Background: "incomplete", Retries: 4,
+			NextRetry: time.Now().Add(8 * time.Second), LastError: "background fetch of blob range [0, 1048576): connection refused"},
+	}
+	sock := serveLayers(t, layers)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"status", "--socket", sock}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"IMAGE", "reg/app:v1", "bound-artifact", "53MiB/100MiB", "incomplete (4 retries, next in", "connection refused"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "reg/app@sha256:aa") {
+		t.Errorf("table shows the blob reference:\n%s", out.String())
 	}
 }
