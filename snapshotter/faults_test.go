@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rillstream/rill/cache"
 	rillfs "github.com/rillstream/rill/fs"
@@ -180,4 +183,102 @@ func TestStatusAfterRestart(t *testing.T) {
 	}
 	defer sn.Close()
 	check("after the restart")
+}
+
+// criLabels are the labels CRI passes when it unpacks layer i of img pulled as ref.
+func criLabels(ref string, img *testImage, i int) snapshots.Opt {
+	var layers []string
+	for _, l := range img.manifest.Layers[i:] {
+		layers = append(layers, l.Digest.String())
+	}
+	return snapshots.WithLabels(map[string]string{
+		"containerd.io/snapshot.ref":                 fmt.Sprintf("chain-%d", i),
+		"containerd.io/snapshot/cri.image-ref":       ref,
+		"containerd.io/snapshot/cri.layer-digest":    img.manifest.Layers[i].Digest.String(),
+		"containerd.io/snapshot/cri.manifest-digest": img.manifestDesc.Digest.String(),
+		"containerd.io/snapshot/cri.image-layers":    strings.Join(layers, ","),
+	})
+}
+
+// A registry that accepts range requests and never answers costs a pull one prepare timeout,
+// not one per layer: the first layer falls back when the timeout ends, its host is marked
+// unhealthy, and the other layers of the pull (and of later pulls) fall back at once, without
+// a request to it. An answer from the host clears it.
+func TestHungRegistryBoundsPrepare(t *testing.T) {
+	requireRoot(t)
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	r := newTestRegistry(t)
+	img := r.pushImage(t, "esgz", ocispec.Platform{OS: "linux", Architecture: "amd64"}, true)
+	r.pushJSON(t, "esgz:v1", ocispec.MediaTypeImageManifest, img.manifest)
+	ref := r.host + "/esgz:v1"
+	res, err := NewRegistryResolver(ctx, r.reg, []string{"linux/amd64"}, TrustBound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := NewMetrics()
+	sn, err := NewSnapshotter(ctx, t.TempDir(), WithResolver(res), WithMetrics(metrics), WithPrepareTimeout(300*time.Millisecond, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	r.hangRanges.Store(true)
+
+	// The first layer: a full pull once the prepare timeout is over (not the 2 min before).
+	prepared := make(chan error, 1)
+	go func() {
+		mounts, err := sn.Prepare(ctx, "extract-0", "", criLabels(ref, img, 0))
+		if err == nil && len(mounts) == 0 {
+			err = errors.New("no mounts")
+		}
+		prepared <- err
+	}()
+	select {
+	case err := <-prepared:
+		if err != nil {
+			t.Fatalf("Prepare of a layer of a hung registry: %v, want the mounts of a full pull", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Prepare of a layer of a hung registry is not bounded by the prepare timeout")
+	}
+	if r.hung.Load() == 0 {
+		t.Fatal("the test registry hung no request")
+	}
+	hosts := sn.Hosts()
+	if len(hosts) != 1 || hosts[0].Host != r.host || !strings.Contains(hosts[0].LastError, "prepare timeout") {
+		t.Fatalf("unhealthy hosts: %+v, want %s with the timeout", hosts, r.host)
+	}
+	if got := testutil.ToFloat64(metrics.unhealthyHosts.WithLabelValues(r.host)); got != 1 {
+		t.Fatalf("rill_registry_host_unhealthy = %v", got)
+	}
+
+	// The second layer, and the first again (a new pull): at once, without a request.
+	requests := r.count("")
+	for i, key := range []string{"extract-1", "extract-again"} {
+		mounts, err := sn.Prepare(ctx, key, "", criLabels(ref, img, 1-i))
+		if err != nil || len(mounts) == 0 {
+			t.Fatalf("Prepare %s of an unhealthy host: %v, want a full pull", key, err)
+		}
+	}
+	if n := r.count("") - requests; n != 0 {
+		t.Fatalf("%d requests to an unhealthy host after it failed a Prepare, want none", n)
+	}
+	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("fallback", "host-unhealthy")); got < 1 {
+		t.Fatalf("fallbacks counted with reason host-unhealthy: %v", got)
+	}
+
+	// The host answers again: once its unhealthy period is over, the next Prepare asks it,
+	// streams, and clears it.
+	r.hangRanges.Store(false)
+	sn.health.mu.Lock()
+	sn.health.hosts[r.host].Until = time.Now()
+	sn.health.mu.Unlock()
+	if _, err := sn.Prepare(ctx, "extract-healthy", "", criLabels(ref, img, 0)); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare once the host answers: %v, want the layer streamed", err)
+	}
+	if hosts := sn.Hosts(); len(hosts) != 0 {
+		t.Fatalf("unhealthy hosts after a healthy answer: %+v", hosts)
+	}
+	if got := testutil.ToFloat64(metrics.unhealthyHosts.WithLabelValues(r.host)); got != 0 {
+		t.Fatalf("rill_registry_host_unhealthy after a healthy answer = %v", got)
+	}
 }

@@ -9,6 +9,8 @@ type Metrics struct {
 	verifications *prometheus.CounterVec
 	// backgroundRetries counts background fetches that failed and resume after a backoff.
 	backgroundRetries prometheus.Counter
+	// unhealthyHosts is 1 for a registry host that failed a Prepare and is skipped.
+	unhealthyHosts *prometheus.GaugeVec
 }
 
 // NewMetrics creates the collectors.
@@ -30,12 +32,16 @@ func NewMetrics() *Metrics {
 			Name: "rill_background_retries_total",
 			Help: "Background fetches of streamed layers that failed (registry unreachable, corrupt responses, cache full) and resume after a backoff.",
 		}),
+		unhealthyHosts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rill_registry_host_unhealthy",
+			Help: "1 while a registry host that failed a Prepare (no answer within streaming.prepare_timeout, connection refused or reset) is skipped: its layers are pulled in full at once.",
+		}, []string{"host"}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.decisions, m.restores, m.verifications, m.backgroundRetries}
+	return []prometheus.Collector{m.decisions, m.restores, m.verifications, m.backgroundRetries, m.unhealthyHosts}
 }
 
 func (m *Metrics) decision(result, reason string) { m.decisions.WithLabelValues(result, reason).Inc() }

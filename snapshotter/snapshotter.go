@@ -35,6 +35,8 @@ type settings struct {
 	backgroundDelay time.Duration
 	retryFirst      time.Duration
 	retryMax        time.Duration
+	prepareTimeout  time.Duration
+	unhealthyFor    time.Duration
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
 }
@@ -77,6 +79,7 @@ type Snapshotter struct {
 	backgroundDelay time.Duration
 	retryFirst      time.Duration
 	retryMax        time.Duration
+	health          *hostHealth
 	failed          *failedLayers
 	recordWindow    time.Duration
 	recs            recordings
@@ -89,7 +92,7 @@ var (
 
 // NewSnapshotter opens (or creates) the snapshotter state under root.
 func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter, error) {
-	set := settings{lockTimeout: 10 * time.Second, retryFirst: defaultRetryFirst, retryMax: defaultRetryMax}
+	set := settings{lockTimeout: 10 * time.Second, retryFirst: defaultRetryFirst, retryMax: defaultRetryMax, prepareTimeout: defaultPrepareTimeout, unhealthyFor: defaultUnhealthyFor}
 	for _, o := range opts {
 		o(&set)
 	}
@@ -124,7 +127,8 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 	}
 	if sn.resolver != nil {
-		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)
+		sn.health = newHostHealth(set.unhealthyFor, sn.metrics)
+		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits, set.prepareTimeout, sn.health)
 		sn.restore(ctx)
 		sn.retainCache(ctx)
 	}

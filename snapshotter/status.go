@@ -66,3 +66,11 @@ func (s *Snapshotter) Status() []LayerStatus {
 	})
 	return out
 }
+
+// Hosts lists the registry hosts that failed a Prepare and are skipped for now.
+func (s *Snapshotter) Hosts() []HostStatus {
+	if s.health == nil {
+		return []HostStatus{}
+	}
+	return s.health.status()
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rillstream/rill/cache"
@@ -61,6 +62,8 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		snapshotter.WithCache(store),
 		snapshotter.WithBackgroundFetch(c.BackgroundFetch, c.BackgroundDelayDuration()),
 		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
+		snapshotter.WithPrepareTimeout(c.PrepareTimeoutDuration(), c.UnhealthyForDuration()),
+		snapshotter.WithBackgroundRetry(time.Second, c.BackgroundRetryMaxDuration()),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout:    c.ReadTimeoutDuration(),
 			Metrics:        fsMetrics,
