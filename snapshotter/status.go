@@ -67,6 +67,23 @@ func (s *Snapshotter) Status() []LayerStatus {
 	return out
 }
 
+// NodeStatus is the state of the node's streaming beyond its layers, as `rill status` shows it.
+type NodeStatus struct {
+	// UnhealthyHosts are registry hosts that failed a Prepare: their layers are pulled in full.
+	UnhealthyHosts []HostStatus `json:"unhealthyHosts"`
+	// CacheDiskFullSince is set while writes to the cache meet a full disk.
+	CacheDiskFullSince time.Time `json:"cacheDiskFullSince,omitzero"`
+}
+
+// Node returns the node's streaming state.
+func (s *Snapshotter) Node() NodeStatus {
+	st := NodeStatus{UnhealthyHosts: s.Hosts()}
+	if s.cache != nil {
+		st.CacheDiskFullSince = s.cache.DiskFullSince()
+	}
+	return st
+}
+
 // Hosts lists the registry hosts that failed a Prepare and are skipped for now.
 func (s *Snapshotter) Hosts() []HostStatus {
 	if s.health == nil {

@@ -30,6 +30,24 @@ func serveLayers(t *testing.T, layers []snapshotter.LayerStatus) string {
 		}
 		json.NewEncoder(w).Encode(layers)
 	})}
+	return serveStatus(t, sock, lis, srv)
+}
+
+// serveNode serves layers and the node's state as rill-snapshotter's status API does.
+func serveNode(t *testing.T, layers []snapshotter.LayerStatus, node snapshotter.NodeStatus) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "status.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/layers", func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(layers) })
+	mux.HandleFunc("/v1/node", func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(node) })
+	return serveStatus(t, sock, lis, &http.Server{Handler: mux})
+}
+
+func serveStatus(t *testing.T, sock string, lis net.Listener, srv *http.Server) string {
 	go srv.Serve(lis)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -76,12 +94,15 @@ func TestStatusShowsImageRetriesAndError(t *testing.T) {
 			Bytes: 100 << 20, LocalBytes: 53 << 20, CacheBytes: 104 << 20, PrefetchDone: true, Background: "incomplete", Retries: 4,
 			NextRetry: time.Now().Add(8 * time.Second), LastError: "background fetch of blob range [0, 1048576): connection refused"},
 	}
-	sock := serveLayers(t, layers)
+	sock := serveNode(t, layers, snapshotter.NodeStatus{
+		CacheDiskFullSince: time.Now().Add(-time.Minute),
+		UnhealthyHosts:     []snapshotter.HostStatus{{Host: "reg.example:5000", Since: time.Now(), Until: time.Now().Add(time.Minute), LastError: "no answer within the prepare timeout"}},
+	})
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"status", "--socket", sock}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"IMAGE", "reg/app:v1", "bound-artifact", "53MiB/100MiB", "incomplete (4 retries, next in", "connection refused"} {
+	for _, want := range []string{"CACHE DISK FULL", "REGISTRY HOST UNHEALTHY reg.example:5000", "prepare timeout", "IMAGE", "reg/app:v1", "bound-artifact", "53MiB/100MiB", "incomplete (4 retries, next in", "connection refused"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
