@@ -281,8 +281,12 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		}
 		key, _ := cacheKey(s.node)
 		if f, err := r.cache.File(key, s.node.Size); err == nil {
-			r.store(f, *s.chunk, data)
+			err := r.storeErr(f, *s.chunk, data)
 			f.Close()
+			if errors.Is(err, cache.ErrNoSpace) {
+				// Fetching the rest would keep nothing: the pass ends, and resumes later.
+				return int64(len(buf)), fmt.Errorf("%w: the cache is full: %w", ErrIncomplete, err)
+			}
 		}
 		r.storeExtra(s.start, extra)
 	}

@@ -42,6 +42,9 @@ type MountOptions struct {
 	// RecordWindow, when positive, records the order in which files are first opened during
 	// that long after the mount (Mounted.Recorded): the image's prefetch profile.
 	RecordWindow time.Duration
+	// Buffer keeps in memory the chunks read that the cache could not store (its disk full,
+	// its budget held), so that they are not fetched again; nil: none are kept.
+	Buffer *ChunkBuffer
 }
 
 // cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
@@ -90,7 +93,7 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	}
 	log := opts.Log.WithField("mountpoint", mountpoint)
 	lfs := &layerFS{
-		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log},
+		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log, buffer: opts.Buffer},
 		cache:         opts.Cache,
 		noPassthrough: opts.NoPassthrough,
 		readTimeout:   opts.ReadTimeout,
@@ -187,6 +190,9 @@ func buildTree(ctx context.Context, root *node, lfs *layerFS) {
 func (m *Mounted) Unmount(ctx context.Context) error {
 	if m.cancel != nil {
 		m.cancel()
+	}
+	if m.lfs != nil {
+		defer m.lfs.reader.buffer.drop(m.lfs.reader)
 	}
 	err := unix.Unmount(m.mountpoint, 0)
 	switch {

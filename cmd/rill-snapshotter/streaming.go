@@ -69,9 +69,14 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 			Metrics:        fsMetrics,
 			NoPassthrough:  !c.Passthrough,
 			BackgroundRate: backgroundLimiter(c.BackgroundRateBytes()),
+			Buffer:         rillfs.NewChunkBuffer(memoryBuffer),
 		}),
 	), closeCache, nil
 }
+
+// memoryBuffer bounds the chunks kept in memory, for every layer together, while the cache
+// cannot store them (its disk full, its budget held by mounted layers).
+const memoryBuffer = 64 << 20
 
 // backgroundLimiter is the one limiter of the background fetch of every layer; nil: no cap.
 func backgroundLimiter(bytesPerSecond int64) *rate.Limiter {
