@@ -201,7 +201,7 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 		if err := unix.Unmount(m.mountpoint, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("detach busy layer %s: %w", m.mountpoint, err)
 		}
-		return fmt.Errorf("layer %s is in use: detached, served until its last user lets go", m.mountpoint)
+		return fmt.Errorf("layer %s: detached, served until its last user lets go: %w", m.mountpoint, ErrInUse)
 	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT):
 		// Not mounted any more (unmounted from outside): the server stops by itself.
 	default:
@@ -213,9 +213,13 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	case <-stopped:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go", m.mountpoint)
+		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go: %w", m.mountpoint, ErrInUse)
 	}
 }
+
+// ErrInUse is wrapped by Unmount when the layer is still used (by the overlay mount of a
+// running container): it is served for as long as this process runs.
+var ErrInUse = errors.New("layer in use")
 
 // Done is closed when the layer is unmounted: background work of the layer stops with it.
 func (m *Mounted) Done() <-chan struct{} { return m.ctx.Done() }

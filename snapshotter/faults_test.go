@@ -5,20 +5,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rillstream/rill/cache"
 	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/internal/testlayer"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"golang.org/x/sys/unix"
 )
 
 // errRegistryDown is what an unreachable registry answers.
@@ -280,5 +286,149 @@ func TestHungRegistryBoundsPrepare(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(metrics.unhealthyHosts.WithLabelValues(r.host)); got != 0 {
 		t.Fatalf("rill_registry_host_unhealthy after a healthy answer = %v", got)
+	}
+}
+
+// openFailResolver is a localResolver whose blobs cannot be opened while fail is set.
+type openFailResolver struct {
+	*localResolver
+	fail atomic.Bool
+}
+
+func (r *openFailResolver) OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor) (Blob, error) {
+	if r.fail.Load() {
+		return nil, errRegistryDown
+	}
+	return r.localResolver.OpenBlob(ctx, ref, desc)
+}
+
+// captureLogs records what the daemon logs (the standard logger) during the test.
+func captureLogs(t *testing.T) *logtest.Hook {
+	t.Helper()
+	logger := logrus.StandardLogger()
+	old := logger.ReplaceHooks(logrus.LevelHooks{})
+	hook := logtest.NewLocal(logger)
+	t.Cleanup(func() { logger.ReplaceHooks(old) })
+	return hook
+}
+
+// A streamed layer whose toc.json was damaged on disk is recovered once the registry answers:
+// its TOC (whose digest the layer record keeps) is fetched again, and the layer is served,
+// instead of answering EIO until its image is pulled again. A layer removed while it could not
+// be restored is removed without an error about its (unknown) blob.
+func TestDamagedTOCIsFetchedAgain(t *testing.T) {
+	requireRoot(t)
+	logs := captureLogs(t)
+	local, digests := newLocalResolver(t, []testlayer.Entry{testlayer.Reg("etc/app.conf", []byte("setting = 1\n"), 0o644)})
+	r := &openFailResolver{localResolver: local}
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	open := func(root string) (*Snapshotter, *cache.Store, *Metrics) {
+		store, err := cache.Open(ctx, cacheDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics := NewMetrics()
+		sn, err := NewSnapshotter(ctx, root, WithResolver(r), WithCache(store), WithMetrics(metrics), WithBackgroundRetry(time.Millisecond, 20*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sn, store, metrics
+	}
+	root := t.TempDir()
+	sn, store, _ := open(root)
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	id := onlyLayer(t, sn).Snapshot
+	sn.Close()
+	store.Close()
+	tocPath := filepath.Join(root, "snapshots", id, tocFile)
+	if err := os.WriteFile(tocPath, []byte(`{"version":1,"entries":[{"name":"etc/","type":"dir"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The registry does not answer at start: the layer is unavailable, then recovered.
+	r.fail.Store(true)
+	sn, store, metrics := open(root)
+	defer store.Close()
+	defer sn.Close()
+	if got := testutil.ToFloat64(metrics.restores.WithLabelValues("degraded")); got != 1 {
+		t.Fatalf("degraded restores: %v", got)
+	}
+	if !onlyLayer(t, sn).Unavailable {
+		t.Fatal("a layer with a damaged TOC is not shown unavailable while the registry does not answer")
+	}
+	r.fail.Store(false)
+	waitUntil(t, 30*time.Second, "layer recovered", func() bool {
+		return testutil.ToFloat64(metrics.restores.WithLabelValues("recovered")) == 1
+	})
+	view, release := mountView(t, ctx, sn, "view", "chain")
+	if got, err := os.ReadFile(filepath.Join(view, "etc/app.conf")); err != nil || string(got) != "setting = 1\n" {
+		t.Fatalf("read from the recovered layer: %q, %v", got, err)
+	}
+	release()
+	if data, err := os.ReadFile(tocPath); err != nil || digest.FromBytes(data) != local.layers[d].conv.TOCDigest {
+		t.Errorf("the TOC fetched again was not written back: %v", err)
+	}
+
+	// Damaged again with the registry gone for good: removing the layer says nothing wrong.
+	sn.Close()
+	store.Close()
+	if err := os.WriteFile(tocPath, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.fail.Store(true)
+	sn, store, _ = open(root)
+	logs.Reset()
+	if err := sn.Remove(ctx, "chain"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range logs.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Errorf("removing a layer that was never restored logged %s: %s %v", e.Level, e.Message, e.Data)
+		}
+	}
+}
+
+// Stopping the daemon while a container uses a streamed layer says what happens: nothing
+// serves the layer once the process exits (not "served until its last user lets go").
+func TestStopWithContainersRunningSaysWhatHappens(t *testing.T) {
+	requireRoot(t)
+	local, digests := newLocalResolver(t, []testlayer.Entry{testlayer.Reg("bin/app", []byte("app\n"), 0o755)})
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	sn, err := NewSnapshotter(ctx, t.TempDir(), WithResolver(local))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	mounts, err := sn.View(ctx, "container", "chain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := mount.All(mounts, dir); err != nil { // a running container's root
+		t.Fatal(err)
+	}
+	defer mount.UnmountAll(dir, unix.MNT_DETACH)
+	logs := captureLogs(t)
+	sn.Close()
+	var said []string
+	for _, e := range logs.AllEntries() {
+		said = append(said, fmt.Sprint(e.Message, " ", e.Data))
+	}
+	all := strings.Join(said, "\n")
+	if !strings.Contains(all, "rill-snapshotter is stopping") || !strings.Contains(all, "restart those containers") {
+		t.Errorf("stopping with a container running does not say that it loses its streamed files:\n%s", all)
+	}
+	if strings.Contains(all, "served until its last user lets go") {
+		t.Errorf("stopping says the layer is served on:\n%s", all)
 	}
 }

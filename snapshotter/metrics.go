@@ -22,7 +22,7 @@ func NewMetrics() *Metrics {
 		}, []string{"result", "reason"}),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_layer_restores_total",
-			Help: "Streamed layers mounted again at start, by result (ok, or degraded: mounted as unavailable, reads fail).",
+			Help: "Streamed layers mounted again at start, by result (ok; degraded: mounted as unavailable, reads fail; recovered: a degraded layer served again once its TOC was fetched again).",
 		}, []string{"result"}),
 		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_layer_verifications_total",

@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -110,6 +111,12 @@ func (r *remoteLayers) add(id string, ml *mountedLayer) {
 	r.mounts[id] = ml
 }
 
+func (r *remoteLayers) get(id string) *mountedLayer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mounts[id]
+}
+
 func (r *remoteLayers) take(id string) *mountedLayer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -139,7 +146,7 @@ func (r *remoteLayers) blobs() map[digest.Digest]bool {
 
 // forgetCachedLayer frees the cached data of blob when no snapshot streams it any more.
 func (s *Snapshotter) forgetCachedLayer(ctx context.Context, blob digest.Digest) {
-	if s.cache == nil || s.remote.blobs()[blob] {
+	if s.cache == nil || blob == "" || s.remote.blobs()[blob] { // "": a layer never restored
 		return
 	}
 	if err := s.cache.RemoveLayer(ctx, blob); err != nil {
@@ -169,7 +176,12 @@ func (s *Snapshotter) unmountAll() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
 			defer cancel()
-			if err := ml.unmount(ctx); err != nil {
+			err := ml.unmount(ctx)
+			switch {
+			case errors.Is(err, rillfs.ErrInUse):
+				// The process is about to exit: nothing serves the layer after that.
+				log.L.WithField("id", id).WithField("blob", ml.blob.String()).Warn("streamed layer still used by running containers: rill-snapshotter is stopping, so their reads of the layer's files not yet in their page cache fail (ENOTCONN) from now on; restart those containers once rill-snapshotter runs again")
+			case err != nil:
 				log.L.WithError(err).WithField("id", id).Warn("unmount streamed layer")
 			}
 		})

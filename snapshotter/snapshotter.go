@@ -79,6 +79,7 @@ type Snapshotter struct {
 	backgroundDelay time.Duration
 	retryFirst      time.Duration
 	retryMax        time.Duration
+	prepareTimeout  time.Duration
 	health          *hostHealth
 	failed          *failedLayers
 	recordWindow    time.Duration
@@ -124,7 +125,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), prepareTimeout: set.prepareTimeout, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 	}
 	if sn.resolver != nil {
 		sn.health = newHostHealth(set.unhealthyFor, sn.metrics)

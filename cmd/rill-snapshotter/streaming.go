@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -29,6 +30,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		logrus.Info("streaming is off: every layer is pulled in full")
 		return opts, closeCache, nil
 	}
+	warnMissingDockerConfig(logrus.StandardLogger(), c.DockerConfig)
 	remoteMetrics := remote.NewMetrics()
 	reg.MustRegister(remoteMetrics.Collectors()...)
 	registry, err := remote.New(
@@ -72,6 +74,17 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 			Buffer:         rillfs.NewChunkBuffer(memoryBuffer),
 		}),
 	), closeCache, nil
+}
+
+// warnMissingDockerConfig warns when streaming.docker_config names a file that is not there:
+// the registries are then asked without credentials, which a typo should not make silent.
+func warnMissingDockerConfig(log *logrus.Logger, path string) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		log.WithError(err).WithField("docker_config", path).Warn("streaming.docker_config cannot be read: registries are asked without credentials (private images are pulled in full)")
+	}
 }
 
 // memoryBuffer bounds the chunks kept in memory, for every layer together, while the cache
