@@ -1,11 +1,14 @@
 package remote
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -71,5 +74,22 @@ func TestFailedBlobReadNamesHostAndAttempts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A read whose time runs out while its requests are being reset says so, with the host and
+// the attempts made.
+func TestTimedOutBlobReadNamesHostAndAttempts(t *testing.T) {
+	f := newBlobFixture(t, regtest.InProcess(t, false), WithRetry(1000, 10*time.Millisecond, 20*time.Millisecond))
+	f.proxy.Add(faultproxy.Fault{Kind: faultproxy.Drop, Times: -1})
+	br := f.reader(t)
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := br.ReadAtContext(ctx, make([]byte, 64<<10), 4096)
+	if err == nil {
+		t.Fatal("read through a proxy that resets every request succeeded")
+	}
+	if !strings.Contains(err.Error(), f.proxy.Host) || !regexp.MustCompile(`\d+ attempts`).MatchString(err.Error()) {
+		t.Errorf("error %q does not name the host and the attempts", err)
 	}
 }
