@@ -267,7 +267,16 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		if s.chunk == nil {
 			head, err := decompressAll(part)
 			if err != nil {
-				return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %w", ErrLayerMismatch, err)
+				// Corrupted on the way, or in the blob: fetched once more, as chunks are,
+				// before it is taken for the blob's (an alarm).
+				m.lfs.metrics.verificationFailures.Inc()
+				again := make([]byte, len(part))
+				if ferr := m.fetchPreemptible(ctx, again, s.start); ferr != nil {
+					return int64(len(buf)), fmt.Errorf("background fetch of the blob's first headers: %w", ferr)
+				}
+				if head, err = decompressAll(again); err != nil {
+					return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %w", ErrLayerMismatch, err)
+				}
 			}
 			if head != nil {
 				r.putRecord(headSegmentKey, head)
