@@ -88,6 +88,9 @@ func (r *Registry) retryWithin(ctx context.Context, timeout time.Duration, host,
 		}
 		var re *retryError
 		if !errors.As(err, &re) {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (%s, %d attempts)", err, host, attempts)
+			}
 			return err
 		}
 		last = re.err
