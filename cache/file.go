@@ -266,11 +266,14 @@ func (h *File) WriteAt(p []byte, off int64) error {
 		s.metrics.WriteErrors.WithLabelValues(reasonBudget).Inc()
 		return fmt.Errorf("cache: write %s: %w", f.key, err)
 	}
-	recs, err := f.write(p, off, todo)
-	if err == nil {
-		err = f.l.j.append(recs...)
-	}
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		recs, err := f.write(p, off, todo)
+		if err == nil {
+			err = f.l.j.append(recs...)
+		}
+		if err == nil {
+			break
+		}
 		f.mu.RLock()
 		var holes []span
 		for _, g := range todo {
@@ -278,10 +281,15 @@ func (h *File) WriteAt(p []byte, off int64) error {
 		}
 		f.mu.RUnlock()
 		f.punch(holes)
+		noSpace := errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+		if noSpace && attempt == 0 && s.makeRoom(grow) {
+			continue // unpinned data was evicted to make room: once more
+		}
 		s.unreserve(grow)
 		switch {
-		case errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT):
+		case noSpace:
 			s.metrics.WriteErrors.WithLabelValues(reasonNoSpace).Inc()
+			s.noteDiskFull(err)
 			err = fmt.Errorf("%w: %w", ErrNoSpace, err)
 		case errors.Is(err, errJournalClosed) || f.l.removed.Load():
 			err = fmt.Errorf("%w: %w", ErrRemoved, err) // removed meanwhile: not a failure
@@ -290,6 +298,7 @@ func (h *File) WriteAt(p []byte, off int64) error {
 		}
 		return fmt.Errorf("cache: write %s: %w", f.key, err)
 	}
+	s.noteWriteOK()
 	f.mu.Lock()
 	for _, g := range todo {
 		f.checked = f.checked.add(g.start, g.end)

@@ -267,6 +267,23 @@ func (h *Layer) Usage() int64 {
 	return h.l.usage
 }
 
+// PresentBytes returns how many bytes of the layer's files are cached (not rounded to blocks),
+// counting only the files whose key keep accepts (nil: all).
+func (h *Layer) PresentBytes(keep func(key string) bool) int64 {
+	h.l.mu.Lock()
+	defer h.l.mu.Unlock()
+	var n int64
+	for key, f := range h.l.files {
+		if keep != nil && !keep(key) {
+			continue
+		}
+		f.mu.RLock()
+		n += f.present.bytes()
+		f.mu.RUnlock()
+	}
+	return n
+}
+
 // withFD runs fn with f's descriptor, which stays open for the duration even if f is closed
 // concurrently.
 func withFD(f *os.File, fn func(fd int) error) error {

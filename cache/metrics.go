@@ -19,6 +19,7 @@ type Metrics struct {
 	EvictedBytes  prometheus.Counter     // bytes freed by those evictions
 	WriteErrors   *prometheus.CounterVec // failed writes, by reason
 	CheckFailures prometheus.Counter     // ranges dropped because their bytes no longer matched their record
+	DiskFull      prometheus.Gauge       // 1 while writes meet a full disk
 }
 
 func newMetrics() *Metrics {
@@ -52,6 +53,10 @@ func newMetrics() *Metrics {
 			Help: "Cached ranges dropped after a restart because their bytes did not match their journal record.",
 		}),
 	}
+	m.DiskFull = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "rill_cache_disk_full",
+		Help: "1 while writes to the cache meet a full disk (or quota): streamed data is then not kept on disk.",
+	})
 	for _, r := range []string{reasonNoSpace, reasonBudget, reasonIO} {
 		m.WriteErrors.WithLabelValues(r)
 	}
@@ -73,7 +78,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.BytesStored, m.HitBytes, m.MissBytes, m.Evictions, m.EvictedBytes, m.WriteErrors, m.CheckFailures}
+	return []prometheus.Collector{m.BytesStored, m.HitBytes, m.MissBytes, m.Evictions, m.EvictedBytes, m.WriteErrors, m.CheckFailures, m.DiskFull}
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)

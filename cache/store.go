@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -67,6 +68,15 @@ type Store struct {
 	evictMu sync.Mutex   // one eviction pass at a time
 	// budgetWarned is when the budget was last found held by pinned data (s.now); evictMu.
 	budgetWarned int64
+	// roomless is when makeRoom last found nothing to evict on a full disk (0: since found
+	// some); evictMu.
+	roomless int64
+	// fullSince is when writes began to meet a full disk (s.now), 0 while they do not.
+	fullSince atomic.Int64
+	// fullWarned is when a full disk was last said, fullSaid whether its end is to be said.
+	fullMu     sync.Mutex
+	fullWarned int64
+	fullSaid   bool
 
 	// mu guards the fields below and each layerState's refs, pins and usage. It is the
 	// innermost lock: never acquire another while holding it.

@@ -141,6 +141,29 @@ type Streaming struct {
 	// files are first opened is recorded and written as a prefetch profile under root/profiles.
 	// "0s" turns recording off.
 	RecordWindow string `toml:"record_window"`
+
+	// Faults (issue 15). PrepareTimeout bounds the decision for one layer at Prepare (image,
+	// footer, TOC); past it the layer is pulled in full and its registry host is skipped for
+	// UnhealthyFor. BackgroundRetryMax caps the backoff of a background fetch that failed.
+	PrepareTimeout     string `toml:"prepare_timeout"`
+	UnhealthyFor       string `toml:"unhealthy_for"`
+	BackgroundRetryMax string `toml:"background_retry_max"`
+}
+
+// PrepareTimeoutDuration is PrepareTimeout parsed (Validate has checked it).
+func (s Streaming) PrepareTimeoutDuration() time.Duration { return mustDuration(s.PrepareTimeout) }
+
+// UnhealthyForDuration is UnhealthyFor parsed (Validate has checked it).
+func (s Streaming) UnhealthyForDuration() time.Duration { return mustDuration(s.UnhealthyFor) }
+
+// BackgroundRetryMaxDuration is BackgroundRetryMax parsed (Validate has checked it).
+func (s Streaming) BackgroundRetryMaxDuration() time.Duration {
+	return mustDuration(s.BackgroundRetryMax)
+}
+
+func mustDuration(v string) time.Duration {
+	d, _ := time.ParseDuration(v)
+	return d
 }
 
 // BackgroundDelayDuration is BackgroundDelay parsed (Validate has checked it).
@@ -214,6 +237,10 @@ func Default() Config {
 			RecordWindow:    "60s",
 			BackgroundRate:  "0",
 			BackgroundDelay: "10s",
+
+			PrepareTimeout:     "5s",
+			UnhealthyFor:       "1m",
+			BackgroundRetryMax: "5m",
 		},
 		Cache:       Cache{MaxSize: "10GiB"},
 		Credentials: Credentials{ContainerdAddress: DefaultContainerdAddress},
@@ -345,6 +372,13 @@ func (s Streaming) validate() error {
 	}
 	if n, err := units.FromHumanSize(s.BackgroundRate); err != nil || n < 0 {
 		return fmt.Errorf("streaming.background_rate: %q is not bytes per second like \"20MB\" (\"0\": no cap)", s.BackgroundRate)
+	}
+	for _, k := range []struct{ key, value string }{
+		{"prepare_timeout", s.PrepareTimeout}, {"unhealthy_for", s.UnhealthyFor}, {"background_retry_max", s.BackgroundRetryMax},
+	} {
+		if d, err := time.ParseDuration(k.value); err != nil || d <= 0 {
+			return fmt.Errorf("streaming.%s: %q is not a positive duration like \"5s\"", k.key, k.value)
+		}
 	}
 	if s.MaxTOCBytes < 4096 {
 		return fmt.Errorf("streaming.max_toc_bytes: %d is below 4096", s.MaxTOCBytes)

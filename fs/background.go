@@ -11,6 +11,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -46,6 +47,10 @@ type segment struct {
 const headSegmentKey = "x0"
 
 func extraKey(blobOffset int64) string { return "x" + strconv.FormatInt(blobOffset, 10) }
+
+// isRecordKey tells the cache keys of records (extraKey, headSegmentKey) from those of files
+// (cacheKey: decimal blob offsets).
+func isRecordKey(key string) bool { return strings.HasPrefix(key, "x") }
 
 // recordSize is the size of the cache entry holding the tar bytes that follow a chunk in its
 // segment: sparse, so only what is written takes space. Longer runs of tar headers between two
@@ -262,7 +267,16 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		if s.chunk == nil {
 			head, err := decompressAll(part)
 			if err != nil {
-				return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %w", ErrLayerMismatch, err)
+				// Corrupted on the way, or in the blob: fetched once more, as chunks are,
+				// before it is taken for the blob's (an alarm).
+				m.lfs.metrics.verificationFailures.Inc()
+				again := make([]byte, len(part))
+				if ferr := m.fetchPreemptible(ctx, again, s.start); ferr != nil {
+					return int64(len(buf)), fmt.Errorf("background fetch of the blob's first headers: %w", ferr)
+				}
+				if head, err = decompressAll(again); err != nil {
+					return int64(len(buf)), fmt.Errorf("%w: the blob's first headers: %w", ErrLayerMismatch, err)
+				}
 			}
 			if head != nil {
 				r.putRecord(headSegmentKey, head)
@@ -276,8 +290,12 @@ func (m *Mounted) fetchSegments(ctx context.Context, segs []segment) (int64, err
 		}
 		key, _ := cacheKey(s.node)
 		if f, err := r.cache.File(key, s.node.Size); err == nil {
-			r.store(f, *s.chunk, data)
+			err := r.storeErr(f, *s.chunk, data)
 			f.Close()
+			if errors.Is(err, cache.ErrNoSpace) {
+				// Fetching the rest would keep nothing: the pass ends, and resumes later.
+				return int64(len(buf)), fmt.Errorf("%w: the cache is full: %w", ErrIncomplete, err)
+			}
 		}
 		r.storeExtra(s.start, extra)
 	}

@@ -125,3 +125,27 @@ func TestBackgroundFetchKeepsItsRate(t *testing.T) {
 		t.Fatalf("fetched %d bytes in %s: faster than the cap of %d B/s allows (%s)", fetched, elapsed, perSecond, min)
 	}
 }
+
+// The blob's first tar headers corrupted on the way are fetched once more, as chunks are, and
+// the layer is verified: a transfer error is no alarm.
+func TestCompleteFetchesCorruptHeadersAgain(t *testing.T) {
+	entries := append(testlayer.EveryKind(), manyFiles(5, 20<<10)...)
+	blob := &switchableBlob{}
+	metrics := NewMetrics()
+	m := mountWithCache(t, entries, blob, metrics)
+	head := m.idx.segments()[0]
+	if head.end < 8 {
+		t.Fatalf("the test layer has no headers before its first chunk (%d bytes)", head.end)
+	}
+	blob.corruptOnce.Store(head.end - 8 + 1) // the CRC of the first gzip member
+	original := originalOf(t, entries)
+	if err := m.Complete(&original); err != nil {
+		t.Fatalf("Complete after the first headers came corrupted once: %v, want the layer verified", err)
+	}
+	if blob.corruptOnce.Load() != 0 {
+		t.Fatal("the test did not corrupt the headers")
+	}
+	if testutil.ToFloat64(metrics.layerMismatches) != 0 {
+		t.Error("a corrupted transfer was counted as a layer mismatch")
+	}
+}

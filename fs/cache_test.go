@@ -422,3 +422,62 @@ func TestConcurrentReadersFetchEachChunkOnce(t *testing.T) {
 		t.Errorf("nothing fetched")
 	}
 }
+
+// While the cache cannot store anything (its budget held, as by a full disk), the chunks read
+// are kept in the bounded memory buffer: a file read twice is fetched once.
+func TestFullCacheKeepsReadChunksInMemory(t *testing.T) {
+	cl := newCachedLayer(t, []testlayer.Entry{
+		testlayer.Reg("a", testlayer.RandomBytes(61, 3*64<<10), 0o644),
+		testlayer.Reg("b", testlayer.RandomBytes(62, 70<<10), 0o644),
+	})
+	_, layer, _ := cl.openCache(t, t.TempDir(), cache.WithBudget(4096))
+	blob := newRegistryBlob(cl.blob)
+	metrics := NewMetrics()
+	buffer := NewChunkBuffer(1 << 20)
+	mnt, unmount := cl.mount(t, blob, MountOptions{Cache: layer, Metrics: metrics, Buffer: buffer})
+	for _, name := range []string{"a", "b"} {
+		cl.mustReadFile(t, mnt, name)
+	}
+	first, _ := blob.counts()
+	for _, name := range []string{"a", "b"} {
+		dropPageCache(t, filepath.Join(mnt, name))
+		cl.mustReadFile(t, mnt, name)
+	}
+	if again, _ := blob.counts(); again != first {
+		t.Errorf("reading the files again fetched %d more times from the registry, want none (kept in memory)", again-first)
+	}
+	if testutil.ToFloat64(metrics.bufferHitBytes) == 0 {
+		t.Error("no bytes counted as served from memory")
+	}
+	if buffer.Bytes() > 1<<20 {
+		t.Errorf("the buffer holds %d bytes, over its bound", buffer.Bytes())
+	}
+	unmount()
+	if buffer.Bytes() != 0 {
+		t.Errorf("the buffer holds %d bytes of an unmounted layer", buffer.Bytes())
+	}
+}
+
+// The memory buffer stays within its bound, least recently used chunks going first.
+func TestChunkBufferBound(t *testing.T) {
+	b := NewChunkBuffer(3 << 10)
+	owner := &chunkReader{}
+	for i := range 4 {
+		b.put(owner, int64(i), make([]byte, 1<<10))
+		if i == 2 {
+			b.get(owner, 0) // 0 is used again: 1 is now the oldest
+		}
+	}
+	if b.Bytes() != 3<<10 {
+		t.Fatalf("buffer holds %d bytes, want its bound", b.Bytes())
+	}
+	for off, want := range map[int64]bool{0: true, 1: false, 2: true, 3: true} {
+		if _, ok := b.get(owner, off); ok != want {
+			t.Errorf("chunk %d kept: %v, want %v", off, ok, want)
+		}
+	}
+	b.put(owner, 9, make([]byte, 4<<10)) // larger than the bound: not kept
+	if _, ok := b.get(owner, 9); ok {
+		t.Error("a chunk larger than the bound was kept")
+	}
+}

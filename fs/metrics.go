@@ -25,6 +25,7 @@ type Metrics struct {
 	// backgroundPreemptions counts background transfers ended for a read.
 	backgroundPreemptions prometheus.Counter
 	hitBytes              prometheus.Counter
+	bufferHitBytes        prometheus.Counter // served from the memory buffer (ChunkBuffer)
 	missBytes             prometheus.Counter
 	cacheOpenErrors       prometheus.Counter
 	cacheWriteErrors      prometheus.Counter
@@ -39,7 +40,7 @@ func NewMetrics() *Metrics {
 		}, []string{"kind"}),
 		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_fs_read_bytes_total",
-			Help: "Bytes returned to FUSE reads, by source: cache (a cache hit) or network (a chunk fetched from the blob and verified: a cache miss, or a file read without a cache).",
+			Help: "Bytes returned to FUSE reads, by source: cache (a cache hit) or network (a chunk fetched from the blob and verified: a cache miss, or a file read without a cache), or memory (a chunk the full cache could not store, kept in memory).",
 		}, []string{"source"}),
 		cacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rill_fs_cache_errors_total",
@@ -76,6 +77,7 @@ func NewMetrics() *Metrics {
 	})
 	m.hitBytes = m.readBytes.WithLabelValues("cache")
 	m.missBytes = m.readBytes.WithLabelValues("network")
+	m.bufferHitBytes = m.readBytes.WithLabelValues("memory")
 	m.cacheOpenErrors = m.cacheErrors.WithLabelValues("open")
 	m.cacheWriteErrors = m.cacheErrors.WithLabelValues("write")
 	return m

@@ -42,6 +42,9 @@ type MountOptions struct {
 	// RecordWindow, when positive, records the order in which files are first opened during
 	// that long after the mount (Mounted.Recorded): the image's prefetch profile.
 	RecordWindow time.Duration
+	// Buffer keeps in memory the chunks read that the cache could not store (its disk full,
+	// its budget held), so that they are not fetched again; nil: none are kept.
+	Buffer *ChunkBuffer
 }
 
 // cacheForever is how long the kernel may keep entries and attributes of a layer: the layer
@@ -90,7 +93,7 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 	}
 	log := opts.Log.WithField("mountpoint", mountpoint)
 	lfs := &layerFS{
-		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log},
+		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log, buffer: opts.Buffer},
 		cache:         opts.Cache,
 		noPassthrough: opts.NoPassthrough,
 		readTimeout:   opts.ReadTimeout,
@@ -188,6 +191,9 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	if m.cancel != nil {
 		m.cancel()
 	}
+	if m.lfs != nil {
+		defer m.lfs.reader.buffer.drop(m.lfs.reader)
+	}
 	err := unix.Unmount(m.mountpoint, 0)
 	switch {
 	case err == nil:
@@ -195,7 +201,7 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 		if err := unix.Unmount(m.mountpoint, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("detach busy layer %s: %w", m.mountpoint, err)
 		}
-		return fmt.Errorf("layer %s is in use: detached, served until its last user lets go", m.mountpoint)
+		return fmt.Errorf("layer %s: detached, served until its last user lets go: %w", m.mountpoint, ErrInUse)
 	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT):
 		// Not mounted any more (unmounted from outside): the server stops by itself.
 	default:
@@ -207,12 +213,25 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	case <-stopped:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go", m.mountpoint)
+		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go: %w", m.mountpoint, ErrInUse)
 	}
 }
 
+// ErrInUse is wrapped by Unmount when the layer is still used (by the overlay mount of a
+// running container): it is served for as long as this process runs.
+var ErrInUse = errors.New("layer in use")
+
 // Done is closed when the layer is unmounted: background work of the layer stops with it.
 func (m *Mounted) Done() <-chan struct{} { return m.ctx.Done() }
+
+// LocalBytes returns how many bytes of the layer's files are in the cache (at most idx.Bytes:
+// neither the cache's block rounding nor the tar headers kept for verification count).
+func (m *Mounted) LocalBytes() int64 {
+	if m.lfs.cache == nil {
+		return 0
+	}
+	return m.lfs.cache.PresentBytes(func(key string) bool { return !isRecordKey(key) })
+}
 
 // Wait blocks until the filesystem is unmounted.
 func (m *Mounted) Wait() { m.server.Wait() }

@@ -25,6 +25,9 @@ type switchableBlob struct {
 	down  atomic.Bool
 	reads atomic.Int64
 	bytes atomic.Int64
+	// corruptOnce, when not 0, flips the byte at blob offset corruptOnce-1 in the next read
+	// that covers it (a response corrupted on the way), once.
+	corruptOnce atomic.Int64
 }
 
 func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
@@ -35,6 +38,9 @@ func (b *switchableBlob) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := copy(p, b.data[off:])
 	b.bytes.Add(int64(n))
+	if c := b.corruptOnce.Load() - 1; c >= off && c < off+int64(n) && b.corruptOnce.CompareAndSwap(c+1, 0) {
+		p[c-off] ^= 0xff
+	}
 
 	return n, nil
 }

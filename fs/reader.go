@@ -37,6 +37,8 @@ type chunkReader struct {
 	// neighbours are the layer's chunk segments in blob order (nil without a cache): a miss
 	// also fetches the chunks that follow in the blob — files used together sit together.
 	neighbours []segment
+	// buffer keeps the chunks the cache could not store (nil: none).
+	buffer *ChunkBuffer
 }
 
 // neighbourWindow bounds what a miss fetches beyond its chunk: about one round trip's worth
@@ -226,6 +228,11 @@ func (r *chunkReader) readFileAhead(ctx context.Context, n *Node, cf *cache.File
 			total += len(dst)
 			continue
 		}
+		if data, ok := r.buffer.get(r, c.BlobOffset); ok {
+			r.metrics.bufferHitBytes.Add(float64(len(dst)))
+			total += copy(dst, data[from-c.Offset:to-c.Offset])
+			continue
+		}
 		res, err := r.fetch(ctx, n, i, cf, end, ahead)
 		if err != nil {
 			return total, true, err
@@ -388,17 +395,25 @@ func (r *chunkReader) readSpan(ctx context.Context, c Chunk, following []spanChu
 // store writes a verified chunk to the cache. A failure (the disk or the budget full, the
 // layer removed meanwhile) costs only a later fetch: it is logged and counted, never fatal.
 func (r *chunkReader) store(cf *cache.File, c Chunk, data []byte) {
+	if err := r.storeErr(cf, c, data); errors.Is(err, cache.ErrNoSpace) {
+		r.buffer.put(r, c.BlobOffset, data)
+	}
+}
+
+// storeErr is store without the memory buffer: it returns the cache's error.
+func (r *chunkReader) storeErr(cf *cache.File, c Chunk, data []byte) error {
 	if cf == nil {
-		return
+		return nil
 	}
 	err := cf.WriteAt(data, c.Offset)
 	if err == nil {
-		return
+		return nil
 	}
 	if !errors.Is(err, cache.ErrClosed) && !errors.Is(err, cache.ErrRemoved) {
 		r.metrics.cacheWriteErrors.Inc()
 	}
 	r.log.WithError(err).WithField("blob_offset", c.BlobOffset).Debug("verified chunk not stored in the cache; served from the network")
+	return err
 }
 
 // searchChunk returns the index of the chunk holding file offset off.

@@ -42,5 +42,6 @@ func MountUnavailable(mountpoint string) (*Mounted, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mount unavailable layer at %s: %w", mountpoint, err)
 	}
-	return &Mounted{server: server, mountpoint: mountpoint}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Mounted{server: server, mountpoint: mountpoint, ctx: ctx, cancel: cancel}, nil
 }

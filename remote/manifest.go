@@ -101,7 +101,7 @@ func (r *Registry) resolveOn(ctx context.Context, ep *endpoint, rr repoRef) (oci
 	}
 	body, err := readLimited(resp.Body, r.opts.maxManifestSize)
 	if err != nil {
-		return ocispec.Descriptor{}, retryable("truncated", 0, fmt.Errorf("GET %s: %w", redactURL(req.u), err))
+		return ocispec.Descriptor{}, truncatedOrTooLarge(fmt.Errorf("GET %s: %w", redactURL(req.u), err))
 	}
 	d := digest.FromBytes(body)
 	if rr.digest != "" && rr.digest != d {
@@ -141,6 +141,15 @@ func sniffMediaType(b []byte) string {
 		return ocispec.MediaTypeImageIndex
 	}
 	return ocispec.MediaTypeImageManifest
+}
+
+// truncatedOrTooLarge classifies an error of readLimited: a body over the size limit is final
+// (asking again gets the same body), a body cut short is retried.
+func truncatedOrTooLarge(err error) error {
+	if errors.Is(err, errdefs.ErrResourceExhausted) {
+		return err
+	}
+	return retryable("truncated", 0, err)
 }
 
 // readLimited reads all of r, failing when it holds more than limit bytes.

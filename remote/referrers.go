@@ -149,7 +149,7 @@ func (r *Registry) referrersAPI(ctx context.Context, ep *endpoint, rr repoRef, s
 			}
 			b, err := readLimited(resp.Body, r.opts.maxManifestSize)
 			if err != nil {
-				return retryable("truncated", 0, fmt.Errorf("GET %s: %w", redactURL(u), err))
+				return truncatedOrTooLarge(fmt.Errorf("GET %s: %w", redactURL(u), err))
 			}
 			descs, err := ParseReferrers(b, "")
 			if err != nil {
@@ -212,7 +212,7 @@ func (r *Registry) getFallbackIndex(ctx context.Context, ep *endpoint, rr repoRe
 		}
 		b, err := readLimited(resp.Body, r.opts.maxManifestSize)
 		if err != nil {
-			return retryable("truncated", 0, fmt.Errorf("GET %s: %w", redactURL(u), err))
+			return truncatedOrTooLarge(fmt.Errorf("GET %s: %w", redactURL(u), err))
 		}
 		body = b
 		return nil

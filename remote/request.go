@@ -80,13 +80,18 @@ func (r *Registry) retryWithin(ctx context.Context, timeout time.Duration, host,
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
+	attempts := 0
 	for n := 0; n < r.opts.maxAttempts; n++ {
+		attempts++
 		err := attempt(ctx)
 		if err == nil {
 			return nil
 		}
 		var re *retryError
 		if !errors.As(err, &re) {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (%s, %d attempts)", err, host, attempts)
+			}
 			return err
 		}
 		last = re.err
@@ -94,17 +99,17 @@ func (r *Registry) retryWithin(ctx context.Context, timeout time.Duration, host,
 			break
 		}
 		if n == r.opts.maxAttempts-1 {
-			return fmt.Errorf("%w (gave up after %d attempts)", last, n+1)
+			return fmt.Errorf("%w (gave up after %d attempts to %s)", last, n+1, host)
 		}
 		wait := r.backoff(n)
 		if re.after > 0 {
 			if re.after > r.opts.maxRetryAfter {
-				return fmt.Errorf("%w: registry asked to retry after %s, more than the allowed %s", last, re.after, r.opts.maxRetryAfter)
+				return fmt.Errorf("%w: registry asked to retry after %s, more than the allowed %s (%s, %d attempts)", last, re.after, r.opts.maxRetryAfter, host, n+1)
 			}
 			wait = re.after
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			return fmt.Errorf("%w: no time left for a retry within the request timeout", last)
+			return fmt.Errorf("%w: no time left for a retry within the request timeout (%s, %d attempts)", last, host, n+1)
 		}
 		r.metrics.retries.WithLabelValues(host, op, re.reason).Inc()
 		log.G(ctx).WithFields(log.Fields{"host": host, "op": op, "reason": re.reason, "wait": wait, "attempt": n + 1}).WithError(last).Debug("retrying registry request")
@@ -116,9 +121,9 @@ func (r *Registry) retryWithin(ctx context.Context, timeout time.Duration, host,
 		}
 	}
 	if last == nil {
-		last = ctx.Err()
+		return fmt.Errorf("%s: %w", host, ctx.Err())
 	}
-	return fmt.Errorf("%w (%w)", last, ctx.Err())
+	return fmt.Errorf("%w (%w; %s, %d attempts)", last, ctx.Err(), host, attempts)
 }
 
 func (r *Registry) backoff(n int) time.Duration {

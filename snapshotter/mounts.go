@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -22,14 +23,17 @@ type mountedLayer struct {
 	mounted *rillfs.Mounted
 	cache   *cache.Layer // nil without a cache
 	blob    digest.Digest
-	ref     string
+	ref     string // the blob's repository@digest
+	image   string // the image reference pulled
 	reason  string
 	since   time.Time
 	bytes   int64 // of the layer's files
 
 	mu         sync.Mutex
-	background string // off, running, complete, verified, mismatch, incomplete
+	background string // off, waiting, running, incomplete (to be retried), complete, verified, mismatch, stopped
 	lastErr    string
+	retries    int       // background fetches that failed and were retried
+	nextRetry  time.Time // when the background fetch resumes (state incomplete)
 }
 
 func (ml *mountedLayer) setBackground(state string, err error) {
@@ -41,13 +45,28 @@ func (ml *mountedLayer) setBackground(state string, err error) {
 	}
 }
 
+// setRetry records a background fetch that failed and resumes at next.
+func (ml *mountedLayer) setRetry(err error, next time.Time) {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	ml.background, ml.lastErr, ml.nextRetry = "incomplete", err.Error(), next
+	ml.retries++
+}
+
+// setDone records a layer made complete: the errors on the way no longer matter.
+func (ml *mountedLayer) setDone(state string) {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	ml.background, ml.lastErr, ml.nextRetry = state, "", time.Time{}
+}
+
 // mountLayer mounts idx at mountpoint, reading through the cache when there is one. A cache
 // that cannot give a handle only costs fetches.
 func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer) (*mountedLayer, error) {
 	opts := s.fsMount
 	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
 	opts.RecordWindow = s.recordWindow
-	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
+	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, image: layer.Image, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
 	if s.cache != nil {
 		h, err := s.cache.Layer(ctx, layer.Desc.Digest)
 		if err != nil {
@@ -118,6 +137,12 @@ func (r *remoteLayers) add(id string, ml *mountedLayer) {
 	r.mounts[id] = ml
 }
 
+func (r *remoteLayers) get(id string) *mountedLayer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mounts[id]
+}
+
 func (r *remoteLayers) take(id string) *mountedLayer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -156,7 +181,7 @@ func (r *remoteLayers) blobs() map[digest.Digest]bool {
 
 // forgetCachedLayer frees the cached data of blob when no snapshot streams it any more.
 func (s *Snapshotter) forgetCachedLayer(ctx context.Context, blob digest.Digest) {
-	if s.cache == nil || s.remote.blobs()[blob] {
+	if s.cache == nil || blob == "" || s.remote.blobs()[blob] { // "": a layer never restored
 		return
 	}
 	if err := s.cache.RemoveLayer(ctx, blob); err != nil {
@@ -186,7 +211,12 @@ func (s *Snapshotter) unmountAll() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
 			defer cancel()
-			if err := ml.unmount(ctx); err != nil {
+			err := ml.unmount(ctx)
+			switch {
+			case errors.Is(err, rillfs.ErrInUse):
+				// The process is about to exit: nothing serves the layer after that.
+				log.L.WithField("id", id).WithField("blob", ml.blob.String()).Warn("streamed layer still used by running containers: rill-snapshotter is stopping, so their reads of the layer's files not yet in their page cache fail (ENOTCONN) from now on; restart those containers once rill-snapshotter runs again")
+			case err != nil:
 				log.L.WithError(err).WithField("id", id).Warn("unmount streamed layer")
 			}
 		})

@@ -3,15 +3,13 @@ package snapshotter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/containerd/log"
 	rillfs "github.com/rillstream/rill/fs"
 )
-
-// layerLoadTimeout bounds resolving one layer and loading its TOC in the background.
-const layerLoadTimeout = 2 * time.Minute
 
 // loadedLayer is a layer resolved and its TOC loaded, or why not.
 type loadedLayer struct {
@@ -32,13 +30,15 @@ type loadedLayer struct {
 type layerLoader struct {
 	resolver Resolver
 	limits   rillfs.Limits
+	timeout  time.Duration // bounds resolving one layer and loading its TOC
+	health   *hostHealth
 
 	mu     sync.Mutex
 	layers map[string]*loadedLayer
 }
 
-func newLayerLoader(r Resolver, limits rillfs.Limits) *layerLoader {
-	return &layerLoader{resolver: r, limits: limits, layers: map[string]*loadedLayer{}}
+func newLayerLoader(r Resolver, limits rillfs.Limits, timeout time.Duration, health *hostHealth) *layerLoader {
+	return &layerLoader{resolver: r, limits: limits, timeout: timeout, health: health, layers: map[string]*loadedLayer{}}
 }
 
 func loadKey(l LayerLabels) string {
@@ -103,9 +103,7 @@ func (ll *layerLoader) start(l LayerLabels) *loadedLayer {
 	e := &loadedLayer{done: make(chan struct{})}
 	ll.layers[key] = e
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), layerLoadTimeout)
-		defer cancel()
-		ll.run(ctx, l, e)
+		ll.run(l, e)
 		ll.mu.Lock()
 		e.finished = time.Now()
 		e.expires = e.finished.Add(imageTTL)
@@ -115,7 +113,35 @@ func (ll *layerLoader) start(l LayerLabels) *loadedLayer {
 	return e
 }
 
-func (ll *layerLoader) run(ctx context.Context, l LayerLabels, e *loadedLayer) {
+// run loads l within the loader's timeout, unless its registry host is unhealthy; a host
+// that does not answer in time is marked unhealthy, one that answers is cleared.
+func (ll *layerLoader) run(l LayerLabels, e *loadedLayer) {
+	host := registryHost(l.ImageRef)
+	if st, bad := ll.health.unhealthy(host); bad {
+		e.reason = "host-unhealthy"
+		e.err = fmt.Errorf("registry host %s failed a Prepare %s ago (%s): pulled in full without waiting for it until %s",
+			host, time.Since(st.Since).Round(time.Second), st.LastError, st.Until.Format(time.RFC3339))
+		return
+	}
+	ctx, stop := ll.health.watch(context.Background(), host)
+	defer stop()
+	ctx, cancel := context.WithTimeoutCause(ctx, ll.timeout, fmt.Errorf("registry host %s: no answer within the prepare timeout (%s): %w", host, ll.timeout, context.DeadlineExceeded))
+	defer cancel()
+	ll.fetch(ctx, l, e)
+	switch {
+	case errors.Is(context.Cause(ctx), errHostUnhealthy):
+		e.reason, e.err = "host-unhealthy", fmt.Errorf("%w: %w", errHostUnhealthy, e.err)
+	case e.err != nil && ctx.Err() != nil:
+		e.err = fmt.Errorf("%w: %w", context.Cause(ctx), e.err)
+		ll.health.failed(host, e.err)
+	case hostFault(e.err):
+		ll.health.failed(host, e.err)
+	default: // the host answered
+		ll.health.ok(host)
+	}
+}
+
+func (ll *layerLoader) fetch(ctx context.Context, l LayerLabels, e *loadedLayer) {
 	layer, err := ll.resolver.Resolve(ctx, l)
 	if err != nil {
 		var ns *NotStreamableError

@@ -35,6 +35,8 @@ type Blob interface {
 type RemoteLayer struct {
 	// Ref is the reference the blob is fetched through (repository and tag or digest).
 	Ref string
+	// Image is the image reference pulled (the CRI label), shown by `rill status`.
+	Image string
 	// Desc is the streamed blob: an eStargz layer (the pulled layer itself, or its
 	// counterpart in a streaming artifact).
 	Desc ocispec.Descriptor
@@ -85,6 +87,7 @@ func WithFSOptions(limits rillfs.Limits, mount rillfs.MountOptions) Opt {
 // mounted again after a restart without the network.
 type layerRecord struct {
 	Ref       string             `json:"ref"`
+	Image     string             `json:"image,omitempty"`
 	Desc      ocispec.Descriptor `json:"desc"`
 	TOCDigest digest.Digest      `json:"tocDigest"`
 	TOCOffset int64              `json:"tocOffset"`
@@ -134,7 +137,8 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		s.inheritImplied(ctx, idx, parent)
 	}
 	prefetch := prefetchPaths(idx, layer.Prefetch)
-	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
+	layer.Image = l.ImageRef
+	rec := layerRecord{Ref: layer.Ref, Image: layer.Image, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return "internal-error", err
 	}

@@ -463,7 +463,9 @@ func TestUnrestorableLayerIsDegraded(t *testing.T) {
 	}
 
 	metrics := NewMetrics()
-	sn, err = NewSnapshotter(ctx, root, WithResolver(resolver), WithMetrics(metrics))
+	unreachable := &openFailResolver{localResolver: resolver} // else the TOC is fetched again
+	unreachable.fail.Store(true)
+	sn, err = NewSnapshotter(ctx, root, WithResolver(unreachable), WithMetrics(metrics))
 	if err != nil {
 		t.Fatalf("a lost layer kept the snapshotter from starting: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +36,11 @@ type testRegistry struct {
 
 	mu       sync.Mutex
 	requests []string // "METHOD path" of every request the registry answered
+
+	// hangRanges makes range requests hang until the client gives up (a registry that
+	// accepts them and never answers); hung counts them.
+	hangRanges atomic.Bool
+	hung       atomic.Int64
 }
 
 // count returns how many requests the registry answered whose "METHOD path" contains what.
@@ -58,6 +64,11 @@ func newTestRegistry(t *testing.T) *testRegistry {
 		r.mu.Lock()
 		r.requests = append(r.requests, req.Method+" "+req.URL.Path)
 		r.mu.Unlock()
+		if r.hangRanges.Load() && req.Header.Get("Range") != "" {
+			r.hung.Add(1)
+			<-req.Context().Done()
+			return
+		}
 		handler.ServeHTTP(w, req)
 	}))
 	t.Cleanup(srv.Close)

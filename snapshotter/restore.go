@@ -56,10 +56,11 @@ func (s *Snapshotter) restore(ctx context.Context) {
 	sort.SliceStable(layers, func(i, j int) bool { return depth(layers[i].name) < depth(layers[j].name) })
 	for _, l := range layers {
 		entry := log.G(ctx).WithField("snapshot", l.name).WithField("id", l.id)
-		if err := s.restoreLayer(ctx, l.id, l.parent); err != nil {
+		if err := s.restoreLayer(ctx, l.id, l.parent, false); err != nil {
 			s.metrics.restores.WithLabelValues("degraded").Inc()
-			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until its image is removed and pulled again")
+			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until it is recovered (a damaged TOC is fetched again once the registry answers) or its image is removed and pulled again")
 			s.mountUnavailable(ctx, l.id)
+			go s.recoverUnavailable(l.id, l.parent)
 			continue
 		}
 		s.metrics.restores.WithLabelValues("ok").Inc()
@@ -67,7 +68,10 @@ func (s *Snapshotter) restore(ctx context.Context) {
 	}
 }
 
-func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error {
+// restoreLayer mounts layer id again from its record and TOC on disk; with fetch, a TOC that is
+// damaged on disk is fetched again from the registry (at start the daemon does not wait for
+// the network: recoverUnavailable does that afterwards).
+func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch bool) error {
 	dir := filepath.Join(s.snapshotsDir(), id)
 	data, err := os.ReadFile(filepath.Join(dir, recordFile))
 	if err != nil {
@@ -77,11 +81,11 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return fmt.Errorf("decode layer record: %w", err)
 	}
-	tocJSON, err := os.ReadFile(filepath.Join(dir, tocFile))
+	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
 	if err != nil {
-		return fmt.Errorf("read TOC: %w", err)
+		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
 	}
-	toc, err := rillfs.ParseTOC(tocJSON, rec.TOCOffset, rec.Desc.Size, rec.TOCDigest, s.tocLimits)
+	toc, err := s.restoreTOC(ctx, dir, rec, blob, fetch)
 	if err != nil {
 		return err
 	}
@@ -94,15 +98,11 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error
 	} else if parent != "" {
 		s.inheritImplied(ctx, idx, parent)
 	}
-	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
-	if err != nil {
-		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
-	}
 	mountpoint := filepath.Join(dir, "fs")
 	if err := unmountStale(mountpoint); err != nil {
 		return err
 	}
-	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Desc: rec.Desc, Blob: blob})
+	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Image: rec.Image, Desc: rec.Desc, Reason: rec.Reason, Blob: blob})
 	if err != nil {
 		return err
 	}
@@ -110,6 +110,100 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string) error
 	s.served(ctx, id, ml)
 	ml.mounted.Prefetch(rec.Prefetch) // what is still missing
 	s.startBackground(ml, rec.Original)
+	return nil
+}
+
+// restoreTOC reads the layer's TOC from dir; one that is missing or damaged (it no longer
+// hashes to the TOC digest the image named) is fetched again from the registry, within the
+// prepare timeout, and written back.
+func (s *Snapshotter) restoreTOC(ctx context.Context, dir string, rec layerRecord, blob Blob, fetch bool) (*rillfs.TOC, error) {
+	tocJSON, err := os.ReadFile(filepath.Join(dir, tocFile))
+	if err == nil {
+		toc, perr := rillfs.ParseTOC(tocJSON, rec.TOCOffset, rec.Desc.Size, rec.TOCDigest, s.tocLimits)
+		if perr == nil {
+			return toc, nil
+		}
+		err = perr
+	}
+	if !fetch {
+		return nil, fmt.Errorf("TOC on disk: %w (fetched again from the registry once it answers)", err)
+	}
+	entry := log.G(ctx).WithField("blob", rec.Desc.Digest.String()).WithError(err)
+	fctx, cancel := context.WithTimeout(ctx, s.prepareTimeout)
+	defer cancel()
+	toc, fetched, ferr := rillfs.LoadTOCJSON(fctx, blob, rec.Desc.Size, rec.TOCDigest, s.tocLimits)
+	if ferr != nil {
+		return nil, fmt.Errorf("the TOC on disk is unusable (%w), and fetching it again failed: %w", err, ferr)
+	}
+	if werr := writeFileAtomic(filepath.Join(dir, tocFile), fetched); werr != nil {
+		entry.WithField("write_error", werr.Error()).Warn("TOC fetched again but not written back: it is fetched again at the next start")
+	}
+	entry.Warn("the TOC of a streamed layer was damaged on disk: fetched it again from the registry")
+	return toc, nil
+}
+
+// recoverUnavailable tries again, with backoff, to restore a layer mounted as unavailable
+// (its TOC damaged, the registry not answering at start), for as long as its snapshot is
+// there: once the registry answers, the layer is served again.
+func (s *Snapshotter) recoverUnavailable(id, parent string) {
+	wait := s.retryFirst
+	for {
+		ml := s.remote.get(id)
+		if ml == nil || ml.blob != "" {
+			return // removed, or restored
+		}
+		if !sleepUnlessDone(ml.mounted.Done(), jitter(wait)) {
+			return
+		}
+		wait = min(2*wait, s.retryMax)
+		ctx := context.Background()
+		if err := s.fetchTOCAgain(ctx, id); err != nil {
+			log.L.WithError(err).WithField("id", id).Debug("streamed layer still not restorable")
+			continue // the unavailable form stays in place meanwhile
+		}
+		if err := s.unmountUnavailable(ctx, id, ml); err != nil {
+			continue
+		}
+		err := s.restoreLayer(ctx, id, parent, true)
+		if err == nil {
+			s.metrics.restores.WithLabelValues("recovered").Inc()
+			log.L.WithField("id", id).Info("streamed layer recovered: it is served again")
+			return
+		}
+		log.L.WithError(err).WithField("id", id).Debug("streamed layer still not restorable")
+		s.mountUnavailable(ctx, id)
+	}
+}
+
+// fetchTOCAgain makes layer id's TOC on disk usable, fetching it again if need be.
+func (s *Snapshotter) fetchTOCAgain(ctx context.Context, id string) error {
+	dir := filepath.Join(s.snapshotsDir(), id)
+	data, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		return fmt.Errorf("read layer record: %w", err)
+	}
+	var rec layerRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return fmt.Errorf("decode layer record: %w", err)
+	}
+	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
+	if err != nil {
+		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
+	}
+	_, err = s.restoreTOC(ctx, dir, rec, blob, true)
+	return err
+}
+
+// unmountUnavailable takes the unavailable form of layer id down, if still in place.
+func (s *Snapshotter) unmountUnavailable(ctx context.Context, id string, ml *mountedLayer) error {
+	if s.remote.take(id) != ml {
+		return fmt.Errorf("layer %s changed meanwhile", id)
+	}
+	uctx, cancel := context.WithTimeout(ctx, closeUnmountWait)
+	defer cancel()
+	if err := ml.mounted.Unmount(uctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Debug("unmount the unavailable form of a layer being recovered")
+	}
 	return nil
 }
 

@@ -33,6 +33,10 @@ type settings struct {
 	cache           *cache.Store
 	background      bool
 	backgroundDelay time.Duration
+	retryFirst      time.Duration
+	retryMax        time.Duration
+	prepareTimeout  time.Duration
+	unhealthyFor    time.Duration
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
 	observer        LayerObserver
@@ -74,6 +78,10 @@ type Snapshotter struct {
 	cache           *cache.Store
 	background      bool
 	backgroundDelay time.Duration
+	retryFirst      time.Duration
+	retryMax        time.Duration
+	prepareTimeout  time.Duration
+	health          *hostHealth
 	failed          *failedLayers
 	recordWindow    time.Duration
 	recs            recordings
@@ -87,7 +95,7 @@ var (
 
 // NewSnapshotter opens (or creates) the snapshotter state under root.
 func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter, error) {
-	set := settings{lockTimeout: 10 * time.Second}
+	set := settings{lockTimeout: 10 * time.Second, retryFirst: defaultRetryFirst, retryMax: defaultRetryMax, prepareTimeout: defaultPrepareTimeout, unhealthyFor: defaultUnhealthyFor}
 	for _, o := range opts {
 		o(&set)
 	}
@@ -119,11 +127,12 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, backgroundDelay: set.backgroundDelay, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), prepareTimeout: set.prepareTimeout, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 		observer: set.observer,
 	}
 	if sn.resolver != nil {
-		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)
+		sn.health = newHostHealth(set.unhealthyFor, sn.metrics)
+		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits, set.prepareTimeout, sn.health)
 		sn.restore(ctx)
 		sn.retainCache(ctx)
 	}

@@ -13,7 +13,8 @@ import (
 )
 
 // serveStatus serves the state of the streamed layers on a unix socket (0600, root only):
-// GET /v1/layers returns a JSON array of snapshotter.LayerStatus. `rill status` reads it.
+// GET /v1/layers returns a JSON array of snapshotter.LayerStatus, GET /v1/node a
+// snapshotter.NodeStatus (unhealthy registry hosts, a full cache disk). `rill status` reads them.
 func serveStatus(ctx context.Context, path string, sn *snapshotter.Snapshotter) (*http.Server, error) {
 	lis, err := listenUnix(ctx, path)
 	if err != nil {
@@ -23,6 +24,12 @@ func serveStatus(ctx context.Context, path string, sn *snapshotter.Snapshotter) 
 	mux.HandleFunc("GET /v1/layers", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(sn.Status()); err != nil {
+			logrus.WithError(err).Debug("status response")
+		}
+	})
+	mux.HandleFunc("GET /v1/node", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(sn.Node()); err != nil {
 			logrus.WithError(err).Debug("status response")
 		}
 	})

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rillstream/rill/cache"
@@ -36,6 +38,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	warnMissingDockerConfig(logrus.StandardLogger(), c.DockerConfig)
 	remoteMetrics := remote.NewMetrics()
 	reg.MustRegister(remoteMetrics.Collectors()...)
 	registry, err := remote.New(
@@ -70,14 +73,32 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 		snapshotter.WithCache(store),
 		snapshotter.WithBackgroundFetch(c.BackgroundFetch, c.BackgroundDelayDuration()),
 		snapshotter.WithRecordWindow(c.RecordWindowDuration()),
+		snapshotter.WithPrepareTimeout(c.PrepareTimeoutDuration(), c.UnhealthyForDuration()),
+		snapshotter.WithBackgroundRetry(time.Second, c.BackgroundRetryMaxDuration()),
 		snapshotter.WithFSOptions(rillfs.Limits{MaxTOCBytes: c.MaxTOCBytes}, rillfs.MountOptions{
 			ReadTimeout:    c.ReadTimeoutDuration(),
 			Metrics:        fsMetrics,
 			NoPassthrough:  !c.Passthrough,
 			BackgroundRate: backgroundLimiter(c.BackgroundRateBytes()),
+			Buffer:         rillfs.NewChunkBuffer(memoryBuffer),
 		}),
 	), creds, closeCache, nil
 }
+
+// warnMissingDockerConfig warns when streaming.docker_config names a file that is not there:
+// the registries are then asked without credentials, which a typo should not make silent.
+func warnMissingDockerConfig(log *logrus.Logger, path string) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		log.WithError(err).WithField("docker_config", path).Warn("streaming.docker_config cannot be read: registries are asked without credentials (private images are pulled in full)")
+	}
+}
+
+// memoryBuffer bounds the chunks kept in memory, for every layer together, while the cache
+// cannot store them (its disk full, its budget held by mounted layers).
+const memoryBuffer = 64 << 20
 
 // backgroundLimiter is the one limiter of the background fetch of every layer; nil: no cap.
 func backgroundLimiter(bytesPerSecond int64) *rate.Limiter {

@@ -37,6 +37,7 @@ func TestE2E(t *testing.T) {
 				fileInLayers(t, debian.TestImage, "etc/debian_version"))
 		})
 		t.Run("a full cache disk", func(t *testing.T) { testFullCacheDisk(t, env, streamed) })
+		t.Run("background fetch resumes after an outage", func(t *testing.T) { testBackgroundResumes(t, env, streamed) })
 	})
 }
 
