@@ -54,7 +54,7 @@ type CreatedArtifact struct {
 	// profile (its layers reused, not converted again): the digest of that existing one,
 	// which is kept for the tags bound to it.
 	Reprofiled digest.Digest
-	Layers   []LayerResult
+	Layers     []LayerResult
 }
 
 // LayerResult pairs an original layer with its conversion.
