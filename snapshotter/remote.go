@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 	rillfs "github.com/rillstream/rill/fs"
 )
 
@@ -47,6 +48,9 @@ type RemoteLayer struct {
 	// Prefetch are the image's start-up files (its prefetch profile), in first-access order;
 	// empty for a third-party eStargz layer, whose TOC marks them itself.
 	Prefetch []string
+	// Artifact is the digest of the streaming artifact the layer is part of ("" for a
+	// third-party eStargz layer): a profile recorded for the image is reported for it.
+	Artifact digest.Digest
 	// Original is what a streaming artifact's layer must decompress to, checked once the
 	// layer is complete; nil for a third-party eStargz layer.
 	Original *rillfs.Original
@@ -155,7 +159,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return "commit-error", commitErr
 	}
 	s.remote.add(id, ml)
-	s.record(l.ImageRef, ml)
+	s.record(l.ImageRef, layer.Artifact, ml)
 	ml.mounted.Prefetch(prefetch)
 	s.startBackground(ml, layer.Original)
 	return layer.Reason, nil
@@ -200,9 +204,13 @@ func prefetchPaths(idx *rillfs.Index, profile []string) []string {
 	if len(profile) == 0 {
 		return idx.Prioritized
 	}
+	// A profile only names what to fetch first, never what is served; still, whatever it
+	// names, prefetch fetches at most artifact.MaxPrefetchBytes of a layer.
 	var paths []string
+	var bytes int64
 	for _, p := range profile {
-		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg {
+		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg && bytes+n.Size <= artifact.MaxPrefetchBytes {
+			bytes += n.Size
 			paths = append(paths, p)
 		}
 	}

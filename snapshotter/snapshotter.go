@@ -35,6 +35,8 @@ type settings struct {
 	backgroundDelay time.Duration
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
+	profileSender   ProfileSender
+	nodeName        string
 }
 
 // WithMetadataLockTimeout bounds the wait for the metadata store's file lock, held by another
@@ -118,6 +120,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
 		background: set.background, backgroundDelay: set.backgroundDelay, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
+		recs: recordings{reports: newReporter(root, set.profileSender, set.nodeName)},
 	}
 	if sn.resolver != nil {
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits)
