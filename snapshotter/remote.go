@@ -137,7 +137,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	} else {
 		s.inheritImplied(ctx, idx, parent)
 	}
-	prefetch := prefetchPaths(idx, layer.Prefetch)
+	prefetch := prefetchPaths(idx, layer.Prefetch, artifact.MaxPrefetchBytes)
 	rec := layerRecord{Ref: layer.Ref, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return "internal-error", err
@@ -199,17 +199,17 @@ func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, e
 
 // prefetchPaths returns the files of the layer to prefetch: the profile's paths this layer
 // has, in the profile's order, or for a layer without profile the files its eStargz writer
-// placed before the prefetch landmark.
-func prefetchPaths(idx *rillfs.Index, profile []string) []string {
+// placed before the prefetch landmark. A profile's files past budget bytes are left out.
+func prefetchPaths(idx *rillfs.Index, profile []string, budget int64) []string {
 	if len(profile) == 0 {
 		return idx.Prioritized
 	}
 	// A profile only names what to fetch first, never what is served; still, whatever it
-	// names, prefetch fetches at most artifact.MaxPrefetchBytes of a layer.
+	// names, prefetch fetches at most budget bytes of a layer.
 	var paths []string
 	var bytes int64
 	for _, p := range profile {
-		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg && bytes+n.Size <= artifact.MaxPrefetchBytes {
+		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg && bytes+n.Size <= budget {
 			bytes += n.Size
 			paths = append(paths, p)
 		}

@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/rillstream/rill/artifact"
+	rillfs "github.com/rillstream/rill/fs"
 	"github.com/rillstream/rill/internal/testlayer"
 )
 
@@ -150,5 +152,29 @@ func TestRecordedProfileIsReported(t *testing.T) {
 	r.stop()
 	if n := fw.count(); n != requests+1 {
 		t.Errorf("a refused report: %d requests in all, want %d (one refusal, not retried)", n, requests+1)
+	}
+}
+
+// A hostile profile costs at most the budget: files the layer does not have, directories and
+// files past the budget are not prefetched.
+func TestPrefetchOfAProfileIsBounded(t *testing.T) {
+	local, digests := newLocalResolver(t, []testlayer.Entry{
+		testlayer.Dir("etc/", 0o755),
+		testlayer.Reg("etc/small", []byte("small"), 0o644),
+		testlayer.Reg("big", testlayer.RandomBytes(1, 100<<10), 0o644),
+		testlayer.Reg("etc/other", []byte("other"), 0o644),
+	})
+	l := local.layers[digests[0]]
+	toc, err := rillfs.LoadTOC(context.Background(), bytes.NewReader(l.blob), int64(len(l.blob)), l.conv.TOCDigest, rillfs.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := rillfs.NewIndex(toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := prefetchPaths(idx, []string{"etc/small", "../../etc/shadow", "etc", "nothing", "big", "etc/other"}, 64<<10)
+	if !slices.Equal(got, []string{"etc/small", "etc/other"}) {
+		t.Errorf("prefetched %v; want only the image's files within the budget", got)
 	}
 }
