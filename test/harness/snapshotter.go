@@ -38,6 +38,7 @@ type Snapshotter struct {
 	metrics        string
 	metricsAddress string
 	streaming      []string // extra [streaming] lines (SetStreaming)
+	extra          string   // more tables (Options.SnapshotterConfig)
 }
 
 const snapshotterConfig = `root = %q
@@ -117,7 +118,7 @@ func (s *Snapshotter) writeConfig() error {
 	for _, l := range s.streaming {
 		extra += l + "\n"
 	}
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics), 0o644); err != nil {
+	if err := os.WriteFile(s.config, append(fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics), "\n"+s.extra...), 0o644); err != nil {
 		return fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return nil
