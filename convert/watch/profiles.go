@@ -203,6 +203,9 @@ func (w *Watcher) ProfileHandler() http.Handler {
 // ReportProfile stores a node's report (its paths checked against the artifact's files) and
 // decides whether the artifact's profile changes.
 func (w *Watcher) ReportProfile(ctx context.Context, rep artifact.ProfileReport) (ProfileReply, error) {
+	if w.profiles == nil {
+		return ProfileReply{}, fmt.Errorf("this watcher takes no profiles: %w", errdefs.ErrNotFound)
+	}
 	if err := rep.Check(); err != nil {
 		return ProfileReply{}, fmt.Errorf("profile report: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
