@@ -94,7 +94,7 @@ func TestRecordedProfileIsReported(t *testing.T) {
 	art := digest.FromString("the artifact")
 	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
 	root := t.TempDir()
-	sn, err := NewSnapshotter(ctx, root, WithResolver(artifactResolver{local, art}), WithRecordWindow(100*time.Millisecond), WithProfileReports(sender, "node-a"))
+	sn, err := NewSnapshotter(ctx, root, WithResolver(artifactResolver{local, art}), WithRecordWindow(time.Hour), WithProfileReports(sender, "node-a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +109,8 @@ func TestRecordedProfileIsReported(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(view, "bin/app")); err != nil {
 		t.Fatal(err)
 	}
+	// The window is long, so that a slow machine records the read; its end is now.
+	sn.writeProfile("127.0.0.1:5000/app:v1")
 	select {
 	case <-fw.arrived:
 	case <-time.After(30 * time.Second):
@@ -118,7 +120,7 @@ func TestRecordedProfileIsReported(t *testing.T) {
 	rep := fw.got[0]
 	requests := fw.requests
 	fw.mu.Unlock()
-	if rep.Artifact != art || rep.Image != "127.0.0.1:5000/app:v1" || rep.Node != "node-a" || rep.WindowSeconds != 0.1 || !slices.Equal(rep.Paths, []string{"/bin/app"}) {
+	if rep.Artifact != art || rep.Image != "127.0.0.1:5000/app:v1" || rep.Node != "node-a" || rep.WindowSeconds != 3600 || !slices.Equal(rep.Paths, []string{"/bin/app"}) {
 		t.Fatalf("report %+v", rep)
 	}
 	if requests != 3 {
