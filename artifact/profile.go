@@ -84,10 +84,13 @@ func ParseProfile(r io.Reader) ([]string, error) {
 			return nil, fmt.Errorf("parse prefetch profile: %w", err)
 		}
 	}
-	return normalizeProfile(raw)
+	return NormalizeProfile(raw)
 }
 
-func normalizeProfile(raw []string) ([]string, error) {
+// NormalizeProfile applies ParseProfile's rules to a list of paths: relative to the image
+// root, duplicates dropped (the first position kept); "..", NUL and non-UTF-8 refused, and
+// an empty result too.
+func NormalizeProfile(raw []string) ([]string, error) {
 	seen := make(map[string]bool, len(raw))
 	out := make([]string, 0, len(raw))
 	for i, p := range raw {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,6 +45,47 @@ type Config struct {
 	Streaming   Streaming   `toml:"streaming"`
 	Cache       Cache       `toml:"cache"`
 	Credentials Credentials `toml:"credentials"`
+	// ProfileReports sends the prefetch profiles this node records to the fleet's watcher.
+	ProfileReports ProfileReports `toml:"profile_reports"`
+}
+
+// ProfileReports configures the reports of recorded prefetch profiles to the fleet's
+// `rill watch`, which merges the profiles of several nodes into the artifact's profile.
+type ProfileReports struct {
+	// URL is the watcher's address for nodes (its --listen, "http://watch.example:8900");
+	// empty: profiles are not reported.
+	URL string `toml:"url"`
+	// TokenFile holds the bearer token the watcher expects (its --profile-token-file); read
+	// at every report.
+	TokenFile string `toml:"token_file"`
+	// NodeName names this node in its reports; empty: the host name.
+	NodeName string `toml:"node_name"`
+}
+
+// Node is NodeName, or the host name when it is empty.
+func (p ProfileReports) Node() string {
+	if p.NodeName != "" {
+		return p.NodeName
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func (p ProfileReports) validate(recordWindow time.Duration) error {
+	if p.URL == "" {
+		return nil
+	}
+	u, err := url.Parse(p.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("profile_reports.url: %q is not an http:// or https:// URL", p.URL)
+	}
+	if p.TokenFile == "" || !filepath.IsAbs(p.TokenFile) {
+		return fmt.Errorf("profile_reports.token_file: an absolute path is required with profile_reports.url, got %q", p.TokenFile)
+	}
+	if recordWindow <= 0 {
+		return errors.New("profile_reports.url: streaming.record_window is 0s, so there is nothing to report")
+	}
+	return nil
 }
 
 // DefaultContainerdAddress is containerd's socket, where the CRI proxy forwards to.
@@ -242,8 +284,9 @@ func Default() Config {
 			UnhealthyFor:       "1m",
 			BackgroundRetryMax: "5m",
 		},
-		Cache:       Cache{MaxSize: "10GiB"},
-		Credentials: Credentials{ContainerdAddress: DefaultContainerdAddress},
+		Cache:          Cache{MaxSize: "10GiB"},
+		Credentials:    Credentials{ContainerdAddress: DefaultContainerdAddress},
+		ProfileReports: ProfileReports{TokenFile: "/etc/rill/profile-token"},
 	}
 }
 
@@ -335,6 +378,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.validateCredentials(); err != nil {
+		return err
+	}
+	if err := c.ProfileReports.validate(c.Streaming.RecordWindowDuration()); err != nil {
 		return err
 	}
 	if n, err := units.RAMInBytes(c.Cache.MaxSize); err != nil || n < 0 {

@@ -100,6 +100,14 @@ func TestParse(t *testing.T) {
 		{name: "no containerd socket", text: "[credentials]\ncontainerd_address = \"\"\n", wantErr: "credentials.containerd_address"},
 		{name: "provider config without bin dir", text: "[credentials]\nprovider_config = \"/etc/kubernetes/cp.yaml\"\n", wantErr: "credentials.provider_bin_dir"},
 		{name: "relative provider config", text: "[credentials]\nprovider_config = \"cp.yaml\"\nprovider_bin_dir = \"/bin\"\n", wantErr: "credentials.provider_config"},
+		{name: "profile reports", text: "[profile_reports]\nurl = \"http://watch:8900\"\nnode_name = \"n1\"\n", check: func(t *testing.T, c Config) {
+			if c.ProfileReports.URL != "http://watch:8900" || c.ProfileReports.Node() != "n1" || c.ProfileReports.TokenFile != "/etc/rill/profile-token" {
+				t.Fatalf("got %+v", c.ProfileReports)
+			}
+		}},
+		{name: "profile reports: not a URL", text: "[profile_reports]\nurl = \"watch:8900\"\n", wantErr: "profile_reports.url"},
+		{name: "profile reports: relative token file", text: "[profile_reports]\nurl = \"http://watch:8900\"\ntoken_file = \"token\"\n", wantErr: "profile_reports.token_file"},
+		{name: "profile reports without recording", text: "[streaming]\nrecord_window = \"0s\"\n[profile_reports]\nurl = \"http://watch:8900\"\n", wantErr: "record_window"},
 		{name: "mount option owned by the snapshotter", text: "[snapshotter]\nmount_options = [\"upperdir=/x\"]\n", wantErr: "snapshotter.mount_options"},
 	}
 	for _, c := range cases {

@@ -38,6 +38,9 @@ type CreateResult struct {
 	ProfileKept int
 	// Removed lists artifacts that --force replaced and deleted.
 	Removed []digest.Digest
+	// KeptBoundElsewhere lists artifacts that --force replaced but kept, because another tag
+	// of the repository is bound to them.
+	KeptBoundElsewhere []digest.Digest
 }
 
 // CreatedArtifact is the artifact of one platform manifest.
@@ -47,7 +50,11 @@ type CreatedArtifact struct {
 	Artifact ocispec.Descriptor
 	// Existing says that the artifact was there already and was not rebuilt.
 	Existing bool
-	Layers   []LayerResult
+	// Reprofiled is set when the artifact is an existing one's manifest with a new prefetch
+	// profile (its layers reused, not converted again): the digest of that existing one,
+	// which is kept for the tags bound to it.
+	Reprofiled digest.Digest
+	Layers     []LayerResult
 }
 
 // LayerResult pairs an original layer with its conversion.
@@ -91,9 +98,10 @@ func (c *Converter) Create(ctx context.Context, ref string, opts CreateOptions) 
 
 	// Existing artifacts, and what to build.
 	var (
-		build    []*platformManifest
-		replaced []digest.Digest
-		existing = map[digest.Digest][]Artifact{}
+		build      []*platformManifest
+		replaced   []digest.Digest
+		existing   = map[digest.Digest][]Artifact{}
+		reprofiled int
 	)
 	for _, pm := range selected {
 		as, err := c.artifactsOf(ctx, r, pm)
@@ -102,6 +110,16 @@ func (c *Converter) Create(ctx context.Context, ref string, opts CreateOptions) 
 		}
 		existing[pm.desc.Digest] = as
 		if a := chosen(as); a != nil && !opts.Force {
+			if profile != "" && a.manifest.Annotations[artifact.AnnotationPrefetch] != profile {
+				// A new profile for an existing artifact: no conversion, the old one stays.
+				ca, err := c.reprofile(ctx, r, pm, a, profile)
+				if err != nil {
+					return nil, err
+				}
+				res.Artifacts = append(res.Artifacts, ca)
+				reprofiled++
+				continue
+			}
 			res.Artifacts = append(res.Artifacts, CreatedArtifact{Platform: platforms.Format(pm.platform), Subject: pm.desc, Artifact: a.Descriptor, Existing: true})
 			continue
 		}
@@ -129,14 +147,24 @@ func (c *Converter) Create(ctx context.Context, ref string, opts CreateOptions) 
 			return nil, err
 		}
 		res.Bound, res.Index = true, desc
-		res.Unchanged = !changed && len(build) == 0
+		res.Unchanged = !changed && len(build)+reprofiled == 0
 	} else {
-		res.Unchanged = len(build) == 0
+		res.Unchanged = len(build)+reprofiled == 0
 	}
 
-	// What --force replaced goes last, once the new artifacts are in place.
+	// What --force replaced goes last, once the new artifacts are in place; but an artifact
+	// another tag is bound to stays, else that tag's nodes would lose it.
+	var elsewhere map[digest.Digest]string
+	if len(replaced) > 0 {
+		elsewhere = c.boundElsewhere(ctx, r, replaced)
+	}
 	for _, d := range replaced {
 		if slices.ContainsFunc(res.Artifacts, func(a CreatedArtifact) bool { return a.Artifact.Digest == d }) {
+			continue
+		}
+		if tag, ok := elsewhere[d]; ok {
+			c.opts.log.Infof("kept the replaced artifact %s: the tag %q is bound to it", d, tag)
+			res.KeptBoundElsewhere = append(res.KeptBoundElsewhere, d)
 			continue
 		}
 		var subject digest.Digest

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/rillstream/rill/artifact"
 	rillfs "github.com/rillstream/rill/fs"
 )
 
@@ -33,11 +36,16 @@ type Profile struct {
 type recordings struct {
 	mu     sync.Mutex
 	images map[string][]*mountedLayer
+	// artifacts is the streaming artifact of each image being recorded ("" for none).
+	artifacts map[string]digest.Digest
+	// reports sends finished profiles to the fleet's watcher (nil: not sent).
+	reports *reporter
 }
 
-// record adds a freshly mounted layer of image to its recording; the first layer of an image
-// schedules the writing of its profile when the window is over.
-func (s *Snapshotter) record(image string, ml *mountedLayer) {
+// record adds a freshly mounted layer of image, streamed from the artifact art ("" for a
+// third-party eStargz image), to its recording; the first layer of an image schedules the
+// writing of its profile when the window is over.
+func (s *Snapshotter) record(image string, art digest.Digest, ml *mountedLayer) {
 	if s.recordWindow <= 0 || image == "" {
 		return
 	}
@@ -45,9 +53,13 @@ func (s *Snapshotter) record(image string, ml *mountedLayer) {
 	defer s.recs.mu.Unlock()
 	if s.recs.images == nil {
 		s.recs.images = map[string][]*mountedLayer{}
+		s.recs.artifacts = map[string]digest.Digest{}
 	}
 	first := len(s.recs.images[image]) == 0
 	s.recs.images[image] = append(s.recs.images[image], ml)
+	if art != "" {
+		s.recs.artifacts[image] = art
+	}
 	if first {
 		time.AfterFunc(s.recordWindow+time.Second, func() { s.writeProfile(image) })
 	}
@@ -67,8 +79,10 @@ func sparselyRead(a rillfs.Access) bool {
 }
 
 // writePendingProfiles writes the profiles of every image still being recorded, with what was
-// recorded so far: a daemon that stops before a window is over keeps what it saw.
+// recorded so far: a daemon that stops before a window is over keeps what it saw. Reports
+// still being sent are given up (the daemon stops; a report never delays that).
 func (s *Snapshotter) writePendingProfiles() {
+	defer s.recs.reports.stop()
 	s.recs.mu.Lock()
 	images := make([]string, 0, len(s.recs.images))
 	for image := range s.recs.images {
@@ -84,7 +98,9 @@ func (s *Snapshotter) writePendingProfiles() {
 func (s *Snapshotter) writeProfile(image string) {
 	s.recs.mu.Lock()
 	layers := s.recs.images[image]
+	art := s.recs.artifacts[image]
 	delete(s.recs.images, image)
+	delete(s.recs.artifacts, image)
 	s.recs.mu.Unlock()
 	var all []rillfs.Access
 	for _, ml := range layers {
@@ -123,6 +139,9 @@ func (s *Snapshotter) writeProfile(image string) {
 		return
 	}
 	entry.Info("prefetch profile recorded")
+	if art != "" && len(p.Paths) > 0 {
+		s.recs.reports.send(artifact.ProfileReport{Artifact: art, Image: image, WindowSeconds: s.recordWindow.Seconds(), Recorded: p.Recorded, Paths: p.Paths})
+	}
 }
 
 // ProfilePath is where the recorded profile of image is written under root: a readable name

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rillstream/rill/artifact"
 	rillfs "github.com/rillstream/rill/fs"
 )
 
@@ -49,6 +50,9 @@ type RemoteLayer struct {
 	// Prefetch are the image's start-up files (its prefetch profile), in first-access order;
 	// empty for a third-party eStargz layer, whose TOC marks them itself.
 	Prefetch []string
+	// Artifact is the digest of the streaming artifact the layer is part of ("" for a
+	// third-party eStargz layer): a profile recorded for the image is reported for it.
+	Artifact digest.Digest
 	// Original is what a streaming artifact's layer must decompress to, checked once the
 	// layer is complete; nil for a third-party eStargz layer.
 	Original *rillfs.Original
@@ -136,7 +140,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	} else {
 		s.inheritImplied(ctx, idx, parent)
 	}
-	prefetch := prefetchPaths(idx, layer.Prefetch)
+	prefetch := prefetchPaths(idx, layer.Prefetch, artifact.MaxPrefetchBytes)
 	layer.Image = l.ImageRef
 	rec := layerRecord{Ref: layer.Ref, Image: layer.Image, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
@@ -160,7 +164,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	}
 	s.remote.add(id, ml)
 	s.served(ctx, id, ml)
-	s.record(l.ImageRef, ml)
+	s.record(l.ImageRef, layer.Artifact, ml)
 	ml.mounted.Prefetch(prefetch)
 	s.startBackground(ml, layer.Original)
 	return layer.Reason, nil
@@ -200,14 +204,18 @@ func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, e
 
 // prefetchPaths returns the files of the layer to prefetch: the profile's paths this layer
 // has, in the profile's order, or for a layer without profile the files its eStargz writer
-// placed before the prefetch landmark.
-func prefetchPaths(idx *rillfs.Index, profile []string) []string {
+// placed before the prefetch landmark. A profile's files past budget bytes are left out.
+func prefetchPaths(idx *rillfs.Index, profile []string, budget int64) []string {
 	if len(profile) == 0 {
 		return idx.Prioritized
 	}
+	// A profile only names what to fetch first, never what is served; still, whatever it
+	// names, prefetch fetches at most budget bytes of a layer.
 	var paths []string
+	var bytes int64
 	for _, p := range profile {
-		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg {
+		if n := idx.Lookup(p); n != nil && n.Kind == rillfs.KindReg && bytes+n.Size <= budget {
+			bytes += n.Size
 			paths = append(paths, p)
 		}
 	}

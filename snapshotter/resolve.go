@@ -91,6 +91,8 @@ type image struct {
 	notStreamable string
 	// profile is the artifact's prefetch profile.
 	profile []string
+	// artifactDigest is the artifact's digest (reported with a recorded profile).
+	artifactDigest digest.Digest
 	// top is what the pulled reference named when the image was resolved.
 	top digest.Digest
 }
@@ -134,6 +136,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, l LayerLabels) (RemoteLa
 	}
 	rl, err := r.remoteLayer(img.repo, streamed, d, img.reason)
 	rl.Prefetch = img.profile
+	rl.Artifact = img.artifactDigest
 	rl.Original = originalOf(streamed)
 	return rl, err
 }
@@ -323,6 +326,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 				return img, nil
 			}
 			img.artifact, img.reason = art, reasonBound
+			img.artifactDigest, _ = digest.Parse(d.Annotations[artifact.AnnotationBinding])
 			img.profile = r.profile(ctx, art)
 			return img, nil
 		}
@@ -352,6 +356,7 @@ func (r *RegistryResolver) resolveImage(ctx context.Context, l LayerLabels) (*im
 			continue
 		}
 		img.artifact, img.reason = art, reasonReferrer
+		img.artifactDigest = ref.Digest
 		img.profile = r.profile(ctx, art)
 		return img, nil
 	}
@@ -422,6 +427,11 @@ func (r *RegistryResolver) profile(ctx context.Context, art *ocispec.Manifest) [
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("streaming artifact's prefetch profile ignored")
 		return nil
+	}
+	if len(paths) > artifact.MaxProfilePaths {
+		// A profile of a million paths prefetches no more than the first ones.
+		log.G(ctx).WithField("paths", len(paths)).Warnf("streaming artifact's prefetch profile cut to its first %d paths", artifact.MaxProfilePaths)
+		paths = paths[:artifact.MaxProfilePaths]
 	}
 	return paths
 }

@@ -40,6 +40,8 @@ type settings struct {
 	recordWindow    time.Duration
 	lockTimeout     time.Duration
 	observer        LayerObserver
+	profileSender   ProfileSender
+	nodeName        string
 }
 
 // WithMetadataLockTimeout bounds the wait for the metadata store's file lock, held by another
@@ -129,6 +131,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
 		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), prepareTimeout: set.prepareTimeout, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
 		observer: set.observer,
+		recs:     recordings{reports: newReporter(root, set.profileSender, set.nodeName)},
 	}
 	if sn.resolver != nil {
 		sn.health = newHostHealth(set.unhealthyFor, sn.metrics)

@@ -67,6 +67,10 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	fsMetrics := rillfs.NewMetrics()
 	reg.MustRegister(fsMetrics.Collectors()...)
 	logrus.WithFields(logrus.Fields{"platforms": c.Platforms, "trust": c.Trust, "cache_max_size": cfg.Cache.MaxSize}).Info("streaming is on")
+	if pr := cfg.ProfileReports; pr.URL != "" {
+		logrus.WithFields(logrus.Fields{"watcher": pr.URL, "node": pr.Node()}).Info("recorded prefetch profiles are reported to the fleet's watcher")
+		opts = append(opts, snapshotter.WithProfileReports(&snapshotter.HTTPProfileSender{URL: pr.URL, TokenFile: pr.TokenFile}, pr.Node()))
+	}
 	return append(opts,
 		snapshotter.WithResolver(resolver),
 		snapshotter.WithLayerObserver(creds),

@@ -122,6 +122,11 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 			fmt.Fprintf(env.stdout, "%s %s already has the streaming artifact %s (--force rebuilds it)\n", res.Reference, a.Platform, a.Artifact.Digest)
 			continue
 		}
+		if a.Reprofiled != "" {
+			fmt.Fprintf(env.stdout, "%s %s: pushed the streaming artifact %s: %s with the new prefetch profile, its layers reused (%s is kept for the tags bound to it)\n",
+				res.Reference, a.Platform, a.Artifact.Digest, a.Reprofiled, a.Reprofiled)
+			continue
+		}
 		var orig, conv, tar int64
 		for _, l := range a.Layers {
 			orig += l.Original.Size
@@ -148,6 +153,9 @@ func runCreate(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	for _, d := range res.Removed {
 		fmt.Fprintf(env.stdout, "deleted the replaced artifact %s\n", d)
+	}
+	for _, d := range res.KeptBoundElsewhere {
+		fmt.Fprintf(env.stdout, "kept the replaced artifact %s: another tag is bound to it\n", d)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,8 +105,23 @@ func TestCreateShowVerifyDelete(t *testing.T) {
 		t.Fatalf("show --json: %s", out)
 	}
 	code, out, _ = rill(t, append([]string{"show", ref}, flags...)...)
-	if code != exitOK || !strings.Contains(out, "linux/amd64") || !strings.Contains(out, "in use") {
+	if code != exitOK || !strings.Contains(out, "linux/amd64") || !strings.Contains(out, "in use") || !strings.Contains(out, "PROFILE") || !strings.Contains(out, "none") {
 		t.Fatalf("show: exit %d\n%s", code, out)
+	}
+
+	// A profile for the image that has an artifact: it reaches the (new) artifact, and show
+	// says so.
+	profile := filepath.Join(t.TempDir(), "profile.txt")
+	if err := os.WriteFile(profile, []byte("/etc/a\n/etc/b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = rill(t, append([]string{"create", ref, "--prefetch-profile", profile}, flags...)...)
+	if code != exitOK || !strings.Contains(out, "with the new prefetch profile, its layers reused") || !strings.Contains(out, "bound to the tag") {
+		t.Fatalf("create with a profile: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	code, out, _ = rill(t, append([]string{"show", ref}, flags...)...)
+	if code != exitOK || !strings.Contains(out, "2 paths") || !strings.Contains(out, "superseded") {
+		t.Fatalf("show after a profile was added: exit %d\n%s", code, out)
 	}
 
 	code, out, errOut = rill(t, append([]string{"verify", ref}, flags...)...)

@@ -30,14 +30,14 @@ func runShow(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "%s → %s (%s)\n", st.Reference, st.Digest, binding)
 	tw := tabwriter.NewWriter(env.stdout, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "PLATFORM\tMANIFEST\tARTIFACT\tBOUND\tSIZE\tORIGINAL\tCREATED\tFORMAT\tSTATUS")
+	fmt.Fprintln(tw, "PLATFORM\tMANIFEST\tARTIFACT\tBOUND\tSIZE\tORIGINAL\tCREATED\tFORMAT\tPROFILE\tSTATUS")
 	for _, m := range st.Manifests {
 		if len(m.Artifacts) == 0 {
 			status := "no artifact"
 			if !m.Streaming {
 				status = "platform not streamed"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), status)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), status)
 		}
 		for i, a := range m.Artifacts {
 			status := "in use"
@@ -51,8 +51,12 @@ func runShow(ctx context.Context, env *cliEnv, args []string) error {
 			if !a.Created.IsZero() {
 				created = a.Created.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s v%s\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), short(a.Descriptor.Digest.Encoded()),
-				a.Bound, mb(a.Size), mb(a.OriginalSize), created, a.Format, a.Version, status)
+			profile := "none"
+			if a.ProfileEntries > 0 {
+				profile = fmt.Sprintf("%d paths", a.ProfileEntries)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s v%s\t%s\t%s\n", m.Platform, short(m.Manifest.Digest.Encoded()), short(a.Descriptor.Digest.Encoded()),
+				a.Bound, mb(a.Size), mb(a.OriginalSize), created, a.Format, a.Version, profile, status)
 		}
 	}
 	return tw.Flush()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/convert/operation"
 	"github.com/rillstream/rill/convert/policy"
@@ -36,6 +37,9 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 		tokenFile  string
 		platforms  = strings.Join(convert.DefaultPlatforms(), ",")
 		tempDir    string
+		// Fleet profiles.
+		profileTokenFile string
+		profileCfg       watch.ProfileConfig
 	)
 	rf.register(fs)
 	fs.StringVar(&registry, "registry", "", "the registry to watch, as image references name it (HOST[:PORT]); required")
@@ -49,6 +53,10 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&tokenFile, "webhook-token-file", "", "file holding a bearer token the registry's notifications must carry")
 	fs.StringVar(&platforms, "platform", platforms, "streaming platforms, comma-separated")
 	fs.StringVar(&tempDir, "temp-dir", "", "where converted layers are staged before the push (default $TMPDIR)")
+	fs.StringVar(&profileTokenFile, "profile-token-file", "", "file holding the bearer token nodes send with their recorded prefetch profiles (POST "+artifact.ProfileReportPath+" on --listen); unset: profiles are not taken")
+	fs.IntVar(&profileCfg.MinReports, "profile-min-reports", 3, "nodes' profiles of an artifact that are enough to give it their merged profile")
+	fs.DurationVar(&profileCfg.Delay, "profile-delay", 10*time.Minute, "after an artifact's first profile report, fewer than --profile-min-reports (one included) are enough once this is over")
+	fs.Float64Var(&profileCfg.MinChange, "profile-min-change", 0.2, "the merged profile replaces the artifact's only when their sets of paths differ by at least this much (Jaccard distance, 0 to 1)")
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "Usage: rill watch --registry HOST [flags]\n\nCreates streaming artifacts for new pushes to the repositories enabled with 'rill repo enable':\nreceives the registry's webhook notifications and reconciles periodically. Point the\nregistry's notifications.endpoints at http://LISTEN/events.\n\n")
 		fs.PrintDefaults()
@@ -73,6 +81,18 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("--webhook-token-file: %w: %w", err, errUsage)
 		}
 		token = strings.TrimSpace(string(b))
+	}
+	if profileTokenFile != "" {
+		b, err := os.ReadFile(profileTokenFile)
+		if err != nil {
+			return fmt.Errorf("--profile-token-file: %w: %w", err, errUsage)
+		}
+		if profileCfg.Token = strings.TrimSpace(string(b)); profileCfg.Token == "" {
+			return fmt.Errorf("--profile-token-file %s is empty: %w", profileTokenFile, errUsage)
+		}
+	}
+	if profileCfg.MinReports < 1 || profileCfg.Delay <= 0 || profileCfg.MinChange <= 0 || profileCfg.MinChange > 1 {
+		return fmt.Errorf("--profile-min-reports must be at least 1, --profile-delay positive, --profile-min-change in (0, 1]: %w", errUsage)
 	}
 	copts := []convert.Option{convert.WithPlatforms(ps...)}
 	if tempDir != "" {
@@ -105,6 +125,7 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 		StateDir:          stateDir,
 		ReconcileInterval: interval,
 		WebhookToken:      token,
+		Profiles:          profileCfg,
 		Queue:             []operation.Option{operation.WithWorkers(workers), operation.WithRetry(attempts, 2*time.Second, 2*time.Minute)},
 		Log:               log,
 	})
@@ -123,6 +144,7 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	hooks := http.NewServeMux()
 	hooks.Handle("/events", w.WebhookHandler())
+	hooks.Handle(artifact.ProfileReportPath, w.ProfileHandler())
 	servers := []*http.Server{
 		{Handler: hooks, ReadHeaderTimeout: 10 * time.Second},
 		{Handler: w.APIHandler(), ReadHeaderTimeout: 10 * time.Second},

@@ -47,6 +47,10 @@ type CreateSpec struct {
 	ChunkSize        int      `json:"chunkSize,omitempty"`
 	CompressionLevel int      `json:"compressionLevel,omitempty"`
 	VerifyChunks     bool     `json:"verifyChunks,omitempty"`
+	// IfBinds, when set, makes the create apply only while the tag still names the digest it
+	// named when the operation was submitted and binds this artifact (the watcher's fleet
+	// profiles: a profile learnt for one artifact is not given to another image).
+	IfBinds digest.Digest `json:"ifBinds,omitempty"`
 }
 
 // Image returns the tagged reference, or the reference by digest when there is no tag.

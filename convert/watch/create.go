@@ -72,7 +72,11 @@ func (w *Watcher) workCreate(ctx context.Context, op operation.Operation, progre
 		if err != nil {
 			return "", fmt.Errorf("resolve %s: %w", op.Image(), err)
 		}
-		if now.Digest != op.Digest {
+		if op.Create.IfBinds != "" {
+			if msg := w.stillBinds(ctx, op, now); msg != "" {
+				return msg, nil
+			}
+		} else if now.Digest != op.Digest {
 			kind, err := w.classify(ctx, op.Repository, now)
 			if err != nil {
 				return "", err

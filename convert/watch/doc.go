@@ -40,6 +40,19 @@
 // when it runs (not a binding index), it fails with convert.ErrTagMoved: the operator decides
 // what to convert.
 //
+// # Fleet profiles
+//
+// With Config.Profiles.Token set, ProfileHandler (served beside the webhook, at
+// artifact.ProfileReportPath) takes the prefetch profiles nodes recorded for a streaming
+// artifact (artifact.ProfileReport). Reports are checked (token, size, the profile rules, paths
+// that are files of the artifact's TOCs, a byte budget) and kept per artifact and node under
+// StateDir/profiles. Once there are enough (ProfileConfig), they are merged (MergeProfiles) and,
+// if the tag still binds the artifact and the result differs enough from its profile
+// (ProfileDistance), a manual operation (trigger "fleet profile", CreateSpec.IfBinds) gives the
+// tag's artifact the merged profile: convert's Create pushes the artifact's manifest again with
+// it, over the same layers, and binds the tag if it still names the same image. docs/formats.md
+// specifies it.
+//
 // # Several instances
 //
 // Watchers of the same registry share the policy (it lives in the registry) and nothing else:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,8 @@ type Config struct {
 	// WebhookToken, when set, is the bearer token webhook requests must carry (the
 	// registry's notifications.endpoints[].headers.Authorization).
 	WebhookToken string
+	// Profiles configures the prefetch profiles nodes report (off without a token).
+	Profiles ProfileConfig
 	// Queue configures the operation queue.
 	Queue []operation.Option
 	// Log is where the watcher logs (default logrus's standard logger).
@@ -51,6 +54,8 @@ type Watcher struct {
 	log   *logrus.Entry
 	queue *operation.Queue
 	tags  *convert.Converter
+	// profiles holds nodes' profile reports (nil when profiles are off).
+	profiles *profileStore
 
 	mu    sync.Mutex
 	kinds map[digest.Digest]convert.ManifestKind // manifests are immutable: classified once
@@ -79,6 +84,11 @@ func New(cfg Config) (*Watcher, error) {
 	if w.queue, err = operation.Open(cfg.StateDir, w.work, opts...); err != nil {
 		return nil, err
 	}
+	if cfg.Profiles.Token != "" {
+		if w.profiles, err = openProfiles(filepath.Join(cfg.StateDir, "profiles"), cfg.Log); err != nil {
+			return nil, err
+		}
+	}
 	return w, nil
 }
 
@@ -90,6 +100,22 @@ func (w *Watcher) Queue() *operation.Queue { return w.queue }
 func (w *Watcher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { w.queue.Run(ctx) })
+	if w.profiles != nil {
+		// A profile whose artifact has fewer reports than enough is decided once the delay
+		// after its first report is over.
+		wg.Go(func() {
+			t := time.NewTicker(min(max(w.cfg.Profiles.withDefaults().Delay/4, 10*time.Millisecond), time.Minute))
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					w.decideProfiles(ctx)
+				}
+			}
+		})
+	}
 	wg.Go(func() {
 		var tick <-chan time.Time
 		if w.cfg.ReconcileInterval > 0 {

@@ -31,6 +31,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, kind string) *fixture {
 	t.Helper()
+	return newFixtureWith(t, kind, nil)
+}
+
+// newFixtureWith is newFixture with the watcher's config changed by change.
+func newFixtureWith(t *testing.T, kind string, change func(*Config)) *fixture {
+	t.Helper()
 	f := &fixture{host: regtest.Start(t, kind, nil), reg: regtest.Registry(t)}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
@@ -48,8 +54,12 @@ func newFixture(t *testing.T, kind string) *fixture {
 	if f.pol, err = policy.New(f.reg, c); err != nil {
 		t.Fatal(err)
 	}
-	f.w, err = New(Config{Registry: f.host, Remote: f.reg, NewConverter: newConverter, Policies: f.pol, StateDir: t.TempDir(),
-		Queue: []operation.Option{operation.WithRetry(2, 10*time.Millisecond, 20*time.Millisecond)}, Log: logrus.NewEntry(log)})
+	cfg := Config{Registry: f.host, Remote: f.reg, NewConverter: newConverter, Policies: f.pol, StateDir: t.TempDir(),
+		Queue: []operation.Option{operation.WithRetry(2, 10*time.Millisecond, 20*time.Millisecond)}, Log: logrus.NewEntry(log)}
+	if change != nil {
+		change(&cfg)
+	}
+	f.w, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

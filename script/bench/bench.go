@@ -22,6 +22,7 @@ type bench struct {
 	link     *link.Link
 	rillCLI  string
 	logf     func(format string, args ...any)
+	watch    *fleetWatcher // the fleet mode's rill watch, once started
 }
 
 // run runs the benchmark cfg describes and writes its report to stdout and cfg.out.
@@ -143,6 +144,7 @@ func (bn *bench) linkText() string {
 // close stops the link and the registry (the runs stop what they start).
 func (bn *bench) close(ctx context.Context) error {
 	var errs []error
+	errs = append(errs, bn.stopWatcher())
 	if bn.link != nil {
 		errs = append(errs, bn.link.Close())
 	}

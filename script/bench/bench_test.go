@@ -32,7 +32,7 @@ func TestQuickBenchmark(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	wantModes := []string{modeFull, modeRill, modeRillProfile}
+	wantModes := []string{modeFull, modeRill, modeRillProfile, modeFleet}
 	for _, w := range []string{"bigfile", "smallfiles"} {
 		byMode := map[string]summary{}
 		for _, s := range sums {

@@ -59,6 +59,22 @@ const recordWindow = "30m"
 // pod and stops rill-snapshotter, which writes the prefetch profile it recorded, and passes
 // the recorded paths to recorded.
 func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref string, recorded func([]string)) (res runResult, err error) {
+	return bn.coldRunWith(parent, w, mode, ref, runOptions{recorded: recorded})
+}
+
+// runOptions change a cold run.
+type runOptions struct {
+	// recorded: see coldRunRecording.
+	recorded func([]string)
+	// config is more TOML for rill-snapshotter's config; recordWindow replaces recordWindow.
+	config, recordWindow string
+	// afterReady, when set, is called once the container is ready, and ends the run.
+	afterReady func(ctx context.Context) error
+}
+
+// coldRunWith is coldRun changed by ro.
+func (bn *bench) coldRunWith(parent context.Context, w *workload, mode, ref string, ro runOptions) (res runResult, err error) {
+	recorded := ro.recorded
 	ctx, cancel := context.WithTimeout(parent, bn.cfg.timeout)
 	defer cancel()
 	res = runResult{workload: w.name, mode: mode}
@@ -71,12 +87,13 @@ func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref
 		TempDir:              dir,
 		Registry:             bn.registry,
 		RegistryHosts:        []string{bn.link.Addr()},
-		SnapshotterStreaming: []string{fmt.Sprintf("record_window = %q", recordWindow)},
+		SnapshotterStreaming: []string{fmt.Sprintf("record_window = %q", cmp.Or(ro.recordWindow, recordWindow))},
+		SnapshotterConfig:    ro.config,
 	}
 	switch mode {
 	case modeFull:
 		opts.CRISnapshotter = "overlayfs"
-	case modeRill, modeRillProfile:
+	case modeRill, modeRillProfile, modeFleet:
 		if opts.MetricsAddress, err = freePort(); err != nil {
 			return res, err
 		}
@@ -148,6 +165,9 @@ func (bn *bench) coldRunRecording(parent context.Context, w *workload, mode, ref
 			return res, err
 		}
 		res.fetchedReady, res.requests = m.fetched, m.requests
+	}
+	if ro.afterReady != nil {
+		return res, ro.afterReady(ctx)
 	}
 	if recorded != nil {
 		paths, err := bn.collectProfile(ctx, env, podID)

@@ -40,9 +40,10 @@ const (
 	modeRill        = "rill"
 	modeRillProfile = "rill-profile"
 	modePeer        = "peer"
+	modeFleet       = "fleet"
 )
 
-func knownModes() []string { return []string{modeFull, modeRill, modeRillProfile, modePeer} }
+func knownModes() []string { return []string{modeFull, modeRill, modeRillProfile, modeFleet, modePeer} }
 
 type listFlag struct{ list *[]string }
 
@@ -87,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var mbit float64
 	var peer peerFlags
 	fs.Var(listFlag{&cfg.workloads}, "workloads", "comma-separated workloads: "+strings.Join(workloadNames(), ", ")+" (default all; --quick: bigfile,smallfiles)")
-	fs.Var(listFlag{&cfg.modes}, "modes", "comma-separated modes: full, rill, rill-profile, peer (default: all but peer; peer when --peer-bin is given)")
+	fs.Var(listFlag{&cfg.modes}, "modes", "comma-separated modes: full, rill, rill-profile, fleet, peer (default: all but peer; peer when --peer-bin is given)")
 	fs.IntVar(&cfg.runs, "runs", 3, "cold runs of each workload and mode")
 	fs.StringVar(&cfg.out, "out", "bench-out", "directory for results.csv, runs.csv and time-to-ready.png")
 	fs.StringVar(&cfg.cacheDir, "cache", "/var/cache/rill-bench", "where built workloads are kept between runs")
@@ -125,7 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	if len(cfg.modes) == 0 {
-		cfg.modes = []string{modeFull, modeRill, modeRillProfile}
+		cfg.modes = []string{modeFull, modeRill, modeRillProfile, modeFleet}
 		if cfg.peer != nil {
 			cfg.modes = append(cfg.modes, modePeer)
 		}

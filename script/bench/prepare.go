@@ -21,19 +21,12 @@ import (
 //	full          bench/W:full          the image as built
 //	rill          bench/W:rill          the same image, with a streaming artifact bound by rill create
 //	rill-profile  bench/W-profile:rill  the same, created with --prefetch-profile
+//	fleet         bench/W-fleet:rill    the same, whose profile rill watch learnt from a first node
 //	peer          bench/W-estargz:peer  the image converted to eStargz (or --peer-image)
 func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, error) {
 	reg, via := bn.registry.Host(), bn.link.Addr()
-	spec := harness.ImageSpec{Layers: w.layers, Config: w.config}
 	refs := map[string]string{}
-	push := func(repo string) error {
-		began := time.Now()
-		if _, err := harness.Push(ctx, reg+"/"+repo, spec); err != nil {
-			return err
-		}
-		bn.logf("pushed %s in %s", repo, time.Since(began).Round(time.Millisecond))
-		return nil
-	}
+	push := func(repo string) error { return bn.push(ctx, w, repo) }
 	for _, mode := range bn.cfg.modes {
 		switch mode {
 		case modeFull:
@@ -76,6 +69,12 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 				return nil, err
 			}
 			refs[mode] = via + "/" + repo
+		case modeFleet:
+			ref, err := bn.prepareFleet(ctx, w)
+			if err != nil {
+				return nil, err
+			}
+			refs[mode] = ref
 		case modePeer:
 			ref, err := bn.preparePeer(ctx, w)
 			if err != nil {
@@ -85,6 +84,16 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 		}
 	}
 	return refs, nil
+}
+
+// push pushes w's image at repo on the registry itself.
+func (bn *bench) push(ctx context.Context, w *workload, repo string) error {
+	began := time.Now()
+	if _, err := harness.Push(ctx, bn.registry.Host()+"/"+repo, harness.ImageSpec{Layers: w.layers, Config: w.config}); err != nil {
+		return err
+	}
+	bn.logf("pushed %s in %s", repo, time.Since(began).Round(time.Millisecond))
+	return nil
 }
 
 // record runs w once, cold, streaming ref with rill, and takes the prefetch profile rill

@@ -116,6 +116,14 @@ func (bn *bench) report(stdout io.Writer, ws []*workload, rs []runResult, sums [
 	if slices.Contains(cfg.modes, modeRillProfile) {
 		fmt.Fprintf(stdout, "rill-profile: the profile named above, passed to rill create --prefetch-profile (recorded by rill-snapshotter in a cold run of the rill mode, unless --profile gave one).\n")
 	}
+	if slices.Contains(cfg.modes, modeFleet) {
+		fmt.Fprintf(stdout, "fleet: a second node's cold start, after a first node streamed the image without a profile, recorded its start and reported it to rill watch, which gave the tag's artifact that profile (layers not converted again).\n")
+		for _, w := range ws {
+			if w.fleetSource != "" {
+				fmt.Fprintf(stdout, "  %-10s fleet profile %s\n", w.name, w.fleetSource)
+			}
+		}
+	}
 	if err := writeCSVs(cfg.out, rs, sums); err != nil {
 		return err
 	}

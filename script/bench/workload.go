@@ -30,6 +30,8 @@ type workload struct {
 	profile []string
 	// profileSource says where profile comes from, for the output.
 	profileSource string
+	// fleetSource says how the fleet mode's profile was learnt, for the output.
+	fleetSource string
 	// profileGiven is true when --profile gave the profile; otherwise the rill-profile mode
 	// records one with rill first.
 	profileGiven bool

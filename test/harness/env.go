@@ -39,6 +39,9 @@ type Options struct {
 	// SnapshotterStreaming are extra lines of rill-snapshotter's [streaming] table (TOML), as
 	// Snapshotter.SetStreaming takes them.
 	SnapshotterStreaming []string
+	// SnapshotterConfig is more TOML appended to rill-snapshotter's config: tables of its own
+	// (such as [profile_reports]).
+	SnapshotterConfig string
 }
 
 // Env is a running set of registry, rill-snapshotter and containerd, all below Dir.
@@ -152,6 +155,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir, opts.MetricsAddress); err != nil {
 		return e, err
 	}
+	e.Snapshotter.extra = opts.SnapshotterConfig
 	if err := e.Snapshotter.SetStreaming(opts.SnapshotterStreaming...); err != nil {
 		return e, err
 	}

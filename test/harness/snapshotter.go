@@ -39,6 +39,7 @@ type Snapshotter struct {
 	metricsAddress string
 	streaming      []string // extra [streaming] lines (SetStreaming)
 	credentials    []string // [credentials] lines (SetCredentials)
+	extra          string   // more tables (Options.SnapshotterConfig)
 }
 
 const snapshotterConfig = `root = %q
@@ -132,7 +133,7 @@ func (s *Snapshotter) writeConfig() error {
 		extra += l + "\n"
 	}
 	creds := strings.Join(s.credentials, "\n") + "\n"
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics, creds), 0o644); err != nil {
+	if err := os.WriteFile(s.config, append(fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics, creds), "\n"+s.extra...), 0o644); err != nil {
 		return fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return nil
