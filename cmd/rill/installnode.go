@@ -59,8 +59,8 @@ func runInstallNode(ctx context.Context, env *cliEnv, args []string) error {
 	fs.StringVar(&o.platform, "platform", "linux/amd64", "the platform of the transfer service's unpack_config entry for rill")
 	fs.StringVar(&o.kubeletEndpoint, "kubelet-image-service-endpoint", "", "set kubelet's --image-service-endpoint to this (e.g. unix:///run/rill/cri.sock) in --kubelet-env-file; empty: leave kubelet alone")
 	fs.StringVar(&o.kubeletEnvFile, "kubelet-env-file", "/etc/default/kubelet", "the file whose KUBELET_EXTRA_ARGS kubelet's unit passes to kubelet (kubeadm: /etc/default/kubelet on Debian, /etc/sysconfig/kubelet on RHEL)")
-	fs.BoolVar(&o.restart, "restart", false, "reload systemd and restart rill-snapshotter, then containerd (and kubelet when its flags changed); without it nothing is restarted")
-	fs.StringVar(&o.systemctl, "systemctl", "systemctl", "the systemctl to run with --restart")
+	fs.BoolVar(&o.restart, "restart", false, "start rill-snapshotter, and restart what changed: rill-snapshotter (binaries, unit), containerd (its config), kubelet (its flags); without it nothing is started or restarted")
+	fs.StringVar(&o.systemctl, "systemctl", "systemctl", "the systemctl command line to run with --restart (from a container: \"nsenter -t 1 -m -u -i -n -p -- systemctl\")")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would change, as diffs, and change nothing")
 	fs.Usage = func() {
 		fmt.Fprintf(env.stderr, "Usage: rill install-node [flags]\n\nInstalls rill on this node: rill-snapshotter and rill, the systemd unit, /etc/rill/config.toml\n(kept if present), and rill's entries merged into containerd's config.toml (other settings and\ncomments kept; the old file saved beside it as config.toml.rill-TIME.bak). Running it again\nchanges nothing. containerd is restarted only with --restart.\n\n")
@@ -257,16 +257,29 @@ func (in *installer) restartServices(ctx context.Context) error {
 		}
 		return nil
 	}
-	steps := [][]string{{"daemon-reload"}, {"enable", "rill-snapshotter"}, {"restart", "rill-snapshotter"}}
+	// A run that changed nothing restarts nothing: it only makes sure rill runs (a restart
+	// of rill-snapshotter ends the FUSE mounts of running containers, README: Operate).
+	var steps [][]string
+	if len(in.changed) > 0 {
+		steps = append(steps, []string{"daemon-reload"})
+	}
+	steps = append(steps, []string{"enable", "--now", "rill-snapshotter"})
+	if in.changed["rill"] {
+		steps = append(steps, []string{"restart", "rill-snapshotter"})
+	}
 	if in.changed["containerd"] {
 		steps = append(steps, []string{"restart", "containerd"})
 	}
 	if in.changed["kubelet"] {
 		steps = append(steps, []string{"restart", "kubelet"})
 	}
+	systemctl := strings.Fields(in.o.systemctl)
+	if len(systemctl) == 0 {
+		return fmt.Errorf("--systemctl is empty: %w", errUsage)
+	}
 	for _, s := range steps {
 		fmt.Fprintf(in.w, "%s %s\n", in.o.systemctl, strings.Join(s, " "))
-		out, err := exec.CommandContext(ctx, in.o.systemctl, s...).CombinedOutput()
+		out, err := exec.CommandContext(ctx, systemctl[0], append(systemctl[1:], s...)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s %s: %w: %s", in.o.systemctl, strings.Join(s, " "), err, strings.TrimSpace(string(out)))
 		}

@@ -122,7 +122,8 @@ func TestInstallNode(t *testing.T) {
 		t.Errorf("kubelet env file: %q", env)
 	}
 
-	// Again, with --restart: nothing changes, no backup, and only rill is restarted.
+	// Again, with --restart: nothing changes, no backup, and nothing is restarted (rill is
+	// started if it is not running).
 	out, errOut, code = runCLI(t, append(args, "--restart")...)
 	if code != 0 {
 		t.Fatalf("second install: exit %d: %s", code, errOut)
@@ -137,7 +138,7 @@ func TestInstallNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(log); got != "daemon-reload\nenable rill-snapshotter\nrestart rill-snapshotter\n" {
+	if got := string(log); got != "enable --now rill-snapshotter\n" {
 		t.Errorf("systemctl calls:\n%s", got)
 	}
 }
@@ -149,7 +150,7 @@ func TestInstallNodeRestartsContainerdWhenItsConfigChanged(t *testing.T) {
 	if err := os.WriteFile(systemctl, []byte("#!/bin/sh\necho \"$@\" >> "+calls+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, errOut, code := runCLI(t, "install-node", "--root-prefix", root, "--from", from, "--systemctl", systemctl, "--restart", "--containerd-config-version", "2"); code != 0 {
+	if _, errOut, code := runCLI(t, "install-node", "--root-prefix", root, "--from", from, "--systemctl", "/bin/sh "+systemctl, "--restart", "--containerd-config-version", "2"); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	b, err := os.ReadFile(filepath.Join(root, "etc/containerd/config.toml"))
@@ -162,7 +163,7 @@ func TestInstallNodeRestartsContainerdWhenItsConfigChanged(t *testing.T) {
 	if len(backups(t, root)) != 0 {
 		t.Error("a backup of a file that did not exist")
 	}
-	if log, _ := os.ReadFile(calls); !strings.HasSuffix(string(log), "restart containerd\n") {
+	if log, _ := os.ReadFile(calls); string(log) != "daemon-reload\nenable --now rill-snapshotter\nrestart rill-snapshotter\nrestart containerd\n" {
 		t.Errorf("containerd not restarted:\n%s", log)
 	}
 }
