@@ -235,6 +235,9 @@ func addSnapshotter(add func(finding), snap any, key, fix string) {
 // checkContainerdLive asks the running containerd whether it loaded rill's proxy plugin.
 func checkContainerdLive(ctx context.Context, address string) finding {
 	const check = "containerd"
+	if _, err := os.Stat(address); err != nil {
+		return finding{check, statusProblem, fmt.Sprintf("cannot reach containerd at %s: %v", address, err), "start containerd (systemctl status containerd), or name its socket with --address"}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := containerd.New(address, containerd.WithTimeout(5*time.Second))
