@@ -139,9 +139,13 @@ func TestDoctorFindsEachMisconfiguration(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, []string{"PROBLEM state filesystem", "different filesystems", "kubelet's image garbage collection"}, 1},
-		{"streaming off", 3, func(t *testing.T, root string) { writeFile(t, filepath.Join(root, "etc/rill/config.toml"), "[streaming]\nenabled = false\n") },
+		{"streaming off", 3, func(t *testing.T, root string) {
+			writeFile(t, filepath.Join(root, "etc/rill/config.toml"), "[streaming]\nenabled = false\n")
+		},
 			[]string{"PROBLEM streaming: streaming.enabled = false"}, 1},
-		{"bad rill config", 3, func(t *testing.T, root string) { writeFile(t, filepath.Join(root, "etc/rill/config.toml"), "rooot = \"/x\"\n") },
+		{"bad rill config", 3, func(t *testing.T, root string) {
+			writeFile(t, filepath.Join(root, "etc/rill/config.toml"), "rooot = \"/x\"\n")
+		},
 			[]string{"PROBLEM rill config", "rooot"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
