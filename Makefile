@@ -43,6 +43,12 @@ demo: setup
 install: build
 	PREFIX=$(PREFIX) bash script/install.sh $(BIN)/rill-snapshotter $(BIN)/rill
 
+# rill install-node: install.sh's files plus rill's entries merged into containerd's config.
+# INSTALL_NODE_FLAGS passes flags, e.g. make install-node INSTALL_NODE_FLAGS="--dry-run".
+.PHONY: install-node
+install-node: build
+	$(BIN)/rill install-node --from $(BIN) --bin-dir $(PREFIX) $(INSTALL_NODE_FLAGS)
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 

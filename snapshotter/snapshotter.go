@@ -88,6 +88,7 @@ type Snapshotter struct {
 	recordWindow    time.Duration
 	recs            recordings
 	observer        LayerObserver
+	decisions       decisionLog
 }
 
 var (
@@ -200,7 +201,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 // path falls back to the ordinary snapshot, into which containerd pulls the layer.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
 	mounts, err := s.overlay.Prepare(ctx, key, parent, opts...)
-	if err != nil || s.resolver == nil {
+	if err != nil {
 		return mounts, err
 	}
 	var info snapshots.Info
@@ -213,9 +214,14 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if !ok && err == nil {
 		return mounts, nil // not an image layer: nothing to decide
 	}
+	if s.resolver == nil {
+		s.decide(layer, "fallback", "streaming-disabled", nil)
+		return mounts, nil
+	}
 	entry := log.G(ctx).WithField("key", key)
 	if err != nil {
 		s.metrics.decision("fallback", "bad-labels")
+		s.decide(layer, "fallback", "bad-labels", err)
 		entry.WithError(err).Warn("layer pulled in full: unreadable labels")
 		return mounts, nil
 	}
@@ -230,10 +236,12 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	reason, err := s.prepareStreamed(ctx, key, parent, layer, opts)
 	if err != nil {
 		s.metrics.decision("fallback", reason)
+		s.decide(layer, "fallback", reason, err)
 		entry.WithError(err).WithField("reason", reason).Info("layer pulled in full")
 		return mounts, nil
 	}
 	s.metrics.decision("stream", reason)
+	s.decide(layer, "stream", reason, nil)
 	entry.WithField("reason", reason).Info("layer streamed")
 	return nil, alreadyStreamed(layer.Target)
 }

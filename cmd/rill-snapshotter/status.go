@@ -14,7 +14,9 @@ import (
 
 // serveStatus serves the state of the streamed layers on a unix socket (0600, root only):
 // GET /v1/layers returns a JSON array of snapshotter.LayerStatus, GET /v1/node a
-// snapshotter.NodeStatus (unhealthy registry hosts, a full cache disk). `rill status` reads them.
+// snapshotter.NodeStatus (unhealthy registry hosts, a full cache disk): `rill status` reads
+// them; GET /v1/decisions the recent stream-or-full-pull decisions, snapshotter.Decision
+// (`rill why`).
 func serveStatus(ctx context.Context, path string, sn *snapshotter.Snapshotter) (*http.Server, error) {
 	lis, err := listenUnix(ctx, path)
 	if err != nil {
@@ -31,6 +33,12 @@ func serveStatus(ctx context.Context, path string, sn *snapshotter.Snapshotter) 
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(sn.Node()); err != nil {
 			logrus.WithError(err).Debug("status response")
+		}
+	})
+	mux.HandleFunc("GET /v1/decisions", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(sn.Decisions()); err != nil {
+			logrus.WithError(err).Debug("decisions response")
 		}
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

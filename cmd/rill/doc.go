@@ -9,6 +9,10 @@
 //	rill verify IMAGE [--json]
 //	rill delete IMAGE [--streaming-only]
 //
+// On a node: install-node (binaries, unit, config, rill's entries merged into containerd's
+// config.toml; internal/containerdconf), doctor [IMAGE] (each misconfiguration with its fix;
+// whether IMAGE would stream), why [IMAGE] (rill-snapshotter's recent decisions), status, pull.
+//
 // Registry flags, accepted by every command: --plain-http, --insecure, --hosts-dir (containerd's
 // certs.d, default /etc/containerd/certs.d), --docker-config (credentials, default
 // ~/.docker/config.json), --debug.

@@ -36,6 +36,9 @@ func commands() []command {
 		{"operation", "list|show|cancel ID", "show or cancel the operations of rill watch", runOperation},
 		{"status", "", "show the layers rill-snapshotter streams on this node", runStatus},
 		{"pull", "IMAGE", "pull IMAGE into containerd through rill, streaming what it can", runPull},
+		{"install-node", "", "install rill on this node and merge its entries into containerd's config", runInstallNode},
+		{"doctor", "[IMAGE]", "check this node's setup (and whether IMAGE would stream), with fixes", runDoctor},
+		{"why", "[IMAGE]", "list rill-snapshotter's recent stream-or-full-pull decisions and their reasons", runWhy},
 	}
 }
 
@@ -77,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: rill COMMAND [flags] ARGS\n\nrill stores streaming artifacts of images in their registry.\n\nCommands:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-9s %-24s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %-12s %-24s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun 'rill COMMAND -h' for a command's flags.\n")
 }

@@ -1,7 +1,11 @@
 // Command demo shows rill at work on this machine (`make demo`): it starts a registry,
 // rill-snapshotter and a private containerd, builds and pushes a small image, pulls it through
-// CRI into rill, runs it in a pod, shows what happened at each step, and stops everything
-// (also on Ctrl-C or failure). It exits non-zero when a step fails.
+// CRI into rill, runs it in a pod, and shows what happened at each step. Then it streams: it
+// builds a realistic image (Debian with python3 and a 256 MiB data file), runs rill create on
+// it, and pulls it twice over an emulated 100 Mbit/s, 20 ms link — in full (overlayfs), then
+// streamed by rill — each followed by a container doing real work, and prints time to ready
+// and bytes fetched side by side, and the bytes the background fetch brought later. It stops
+// everything it started (also on Ctrl-C or failure) and exits non-zero when a step fails.
 //
 // It needs root and the tools of script/setup-test-env.sh.
 package main

@@ -14,8 +14,27 @@ import (
 )
 
 // run walks through the demo; whatever happens, it stops everything it started.
-func run(ctx context.Context, p *printer) (err error) {
+func run(ctx context.Context, p *printer) error {
 	began := time.Now()
+	if err := runBasics(ctx, p); err != nil {
+		return err
+	}
+	repoRoot, err := harness.RepoRoot(ctx)
+	if err != nil {
+		return err
+	}
+	err = runStreaming(ctx, p, repoRoot)
+	p.Done()
+	if err == nil {
+		fmt.Fprintf(p.w, "\ndemo finished in %s: an image pulled into rill ran and saw exactly its layers' files; a realistic one streamed\n",
+			time.Since(began).Round(time.Millisecond))
+	}
+	return err
+}
+
+// runBasics is the demo's first part: a small image pulled into rill in full (no streaming
+// artifact), run, and removed.
+func runBasics(ctx context.Context, p *printer) (err error) {
 	p.Step("Starting a registry, rill-snapshotter and a private containerd (CRI snapshotter %q)", harness.SnapshotterName)
 	env, err := harness.Start(ctx, harness.Options{Logf: p.Detail})
 	if err != nil {
@@ -29,11 +48,6 @@ func run(ctx context.Context, p *printer) (err error) {
 			err = errors.Join(err, fmt.Errorf("cleaning up: %w", cerr))
 		} else {
 			p.Detail("every process stopped by PID; nothing left mounted below %s", env.Dir)
-		}
-		p.Done()
-		if err == nil {
-			fmt.Fprintf(p.w, "\ndemo finished in %s: the image was pulled into rill, ran, and saw exactly its layers' files\n",
-				time.Since(began).Round(time.Millisecond))
 		}
 	}()
 	p.Detail("crictl: %s", env.CRI.Command())
