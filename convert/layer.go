@@ -97,6 +97,17 @@ func ConvertLayer(ctx context.Context, src io.Reader, dst io.Writer, opts LayerO
 	if err != nil {
 		return Layer{}, err
 	}
+	out := &hashingWriter{w: dst, h: sha256.New()}
+	l, err := convertLayer(ctx, src, out, opts)
+	if err != nil && ctx.Err() == nil && out.err == nil && !errors.Is(err, ErrUnsupportedMediaType) {
+		// The layer's own bytes are at fault (a truncated or corrupt gzip stream, a broken tar):
+		// not the converter's output, and not a cancellation.
+		return Layer{}, fmt.Errorf("%w: %w", err, ErrCorruptLayer)
+	}
+	return l, err
+}
+
+func convertLayer(ctx context.Context, src io.Reader, out *hashingWriter, opts LayerOptions) (Layer, error) {
 	tarStream, closeTar, err := decompressed(ctx, src)
 	if err != nil {
 		return Layer{}, err
@@ -106,7 +117,6 @@ func ConvertLayer(ctx context.Context, src io.Reader, dst io.Writer, opts LayerO
 	// The original's diff_id is the hash of every byte of its tar stream, as read.
 	orig := &hashingReader{r: tarStream, h: sha256.New()}
 
-	out := &hashingWriter{w: dst, h: sha256.New()}
 	counter := &countingCompressor{GzipCompressor: estargz.NewGzipCompressorWithLevel(opts.CompressionLevel)}
 	w := estargz.NewWriterWithCompressor(out, counter)
 	w.ChunkSize = opts.ChunkSize
@@ -181,7 +191,7 @@ func decompressed(ctx context.Context, src io.Reader) (peeker, func(), error) {
 		return bufio.NewReader(zr), func() { zr.Close() }, nil
 	}
 	if len(magic) >= 2 && magic[0] == 0x28 && magic[1] == 0xb5 {
-		return nil, nil, errors.New("read layer: zstd layers are not supported yet")
+		return nil, nil, fmt.Errorf("read layer: zstd layers are not supported yet: %w", ErrUnsupportedMediaType)
 	}
 	return br, func() {}, nil
 }
@@ -223,13 +233,17 @@ func (r *hashingReader) Read(p []byte) (int, error) {
 func (r *hashingReader) nonZeroAfter(off int64) bool { return r.lastNonZero > off }
 
 type hashingWriter struct {
-	w io.Writer
-	h hash.Hash
-	n int64
+	w   io.Writer
+	h   hash.Hash
+	n   int64
+	err error // the first write error
 }
 
 func (w *hashingWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
 	w.h.Write(p[:n])
 	w.n += int64(n)
 	return n, err

@@ -206,6 +206,38 @@ func TestConvertLayerRefusesWhatItCannotKeep(t *testing.T) {
 	}
 }
 
+// A layer whose own bytes are broken is corrupt content (rill create exits 9), whatever the
+// tar or gzip reader says about it.
+func TestConvertLayerCallsBrokenContentCorrupt(t *testing.T) {
+	valid := gzipOf(t, tarOf(t, testlayer.EveryKind(), 0))
+	flipped := bytes.Clone(valid)
+	flipped[len(flipped)/2] ^= 0xff
+	cases := map[string][]byte{
+		"truncated gzip":       valid[:len(valid)*2/3],
+		"gzip without trailer": valid[:len(valid)-4],
+		"corrupt gzip":         flipped,
+		"truncated plain tar":  tarOf(t, testlayer.EveryKind(), 0)[:3000],
+		"no bytes at all":      nil,
+	}
+	for name, input := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := ConvertLayer(context.Background(), bytes.NewReader(input), io.Discard, LayerOptions{})
+			if !errors.Is(err, ErrCorruptLayer) {
+				t.Fatalf("error %v, want ErrCorruptLayer", err)
+			}
+		})
+	}
+	// A failure to write the result is not the layer's fault.
+	_, err := ConvertLayer(context.Background(), bytes.NewReader(valid), failingWriter{}, LayerOptions{})
+	if err == nil || errors.Is(err, ErrCorruptLayer) {
+		t.Fatalf("error %v writing to a failing destination, want a non-corrupt error", err)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
 func TestConvertLayerStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
