@@ -93,3 +93,41 @@ func TestCreateTruncatedLayerIsCorrupt(t *testing.T) {
 		t.Fatalf("create of a truncated layer: exit %d, want %d (corrupt content)\nstdout: %s\nstderr: %s", code, exitCorrupt, out, errOut)
 	}
 }
+
+// A layer no node would stream is not converted: rill create exits 12 naming the layer's
+// entry, and binds nothing.
+func TestCreateRefusesLayersNodesWouldNotStream(t *testing.T) {
+	host := startRegistry(t, nil)
+	flags := []string{"--plain-http", "--hosts-dir", t.TempDir(), "--docker-config", t.TempDir() + "/none.json"}
+	cases := []struct {
+		name    string
+		entries []testlayer.Entry
+		say     string
+	}{
+		{"escapes with ..", []testlayer.Entry{testlayer.Reg("../../etc/x", []byte("x"), 0o644)}, `"../../etc/x" escapes the layer`},
+		{"absolute name", []testlayer.Entry{testlayer.Reg("/etc/abs", []byte("x"), 0o644)}, `"/etc/abs" is absolute`},
+		{"through a symlinked parent", []testlayer.Entry{testlayer.Symlink("link", "/etc"), testlayer.Reg("link/x", []byte("x"), 0o644)}, "link/x: parent link is not a directory"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ref := fmt.Sprintf("%s/refused%d:v1", host, i)
+			pushTarLayers(t, ref, [][]byte{tarOf(t, testlayer.EveryKind()), tarOf(t, c.entries)}, nil)
+			code, out, errOut := rill(t, append([]string{"create", ref}, flags...)...)
+			if code != exitUnstreamable || !strings.Contains(errOut, c.say) || !strings.Contains(errOut, "layer 2/2") {
+				t.Fatalf("create: exit %d, want %d naming the entry (%q) and the layer\nstdout: %s\nstderr: %s", code, exitUnstreamable, c.say, out, errOut)
+			}
+			if code, out, _ := rill(t, append([]string{"show", ref}, flags...)...); code != exitOK || !strings.Contains(out, "not bound") || !strings.Contains(out, "no artifact") {
+				t.Fatalf("show after a refused create: exit %d, want no artifact and nothing bound\n%s", code, out)
+			}
+		})
+	}
+	// The layers containerd extracts in its own way, that nodes stream the same way, convert.
+	ref := host + "/quirks:v1"
+	pushTarLayers(t, ref, [][]byte{tarOf(t, testlayer.RootfsQuirks())}, nil)
+	if code, out, errOut := rill(t, append([]string{"create", ref}, flags...)...); code != exitOK {
+		t.Fatalf("create of duplicates, ./ and names that are not UTF-8: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if code, out, errOut := rill(t, append([]string{"verify", ref}, flags...)...); code != exitOK {
+		t.Fatalf("verify: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+}
