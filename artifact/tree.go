@@ -109,6 +109,10 @@ type Tree struct {
 	Bytes int64
 	// DataEnd is where the file data of the blob ends: the offset of the TOC's gzip member.
 	DataEnd int64
+	// Replaced are the regular files a later entry of the layer took out of the tree (a path
+	// listed twice): not served, but their chunks are part of the blob's data, which the
+	// original's diff_id covers.
+	Replaced []*Node
 }
 
 // hidden are eStargz bookkeeping entries that are not part of the layer's content.
@@ -406,6 +410,9 @@ func (b *indexBuilder) remove(dir *Node, dirName, base string) {
 	forget = func(p string, n *Node) {
 		delete(b.nodes, p)
 		n.Nlink--
+		if n.Kind == KindReg && n.Nlink == 0 && len(n.Chunks) > 0 {
+			b.idx.Replaced = append(b.idx.Replaced, n)
+		}
 		if n.Kind == KindDir {
 			for i, name := range n.Names {
 				forget(p+"/"+name, n.Children[i])

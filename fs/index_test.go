@@ -203,6 +203,8 @@ func FuzzNewIndex(f *testing.F) {
 	f.Add([]byte(`{"version":1,"entries":[{"name":"a","type":"reg","size":68719476736,"offset":100,"chunkDigest":"`+chunkDigest+`"}]}`), int64(1<<40))
 	f.Add([]byte(`{"version":1,"entries":[{"name":"a","type":"reg","size":1,"offset":100,"chunkDigest":"`+chunkDigest+`"}]}`), int64(1<<40))
 	f.Add([]byte(`{"version":1,"entries":[{"name":"d","type":"dir","xattrs":{"":"eA=="}}]}`), int64(100))
+	// Paths listed twice, a directory replaced by a file, names in rill's extension fields.
+	f.Add([]byte(`{"version":1,"entries":[{"name":"./","type":"dir","mode":448},{"name":"d/","type":"dir"},{"name":"d/a","type":"reg","size":1,"offset":5,"chunkDigest":"`+chunkDigest+`"},{"name":"d/h","type":"hardlink","linkName":"d/a"},{"name":"d","type":"reg"},{"name":"d","type":"symlink","linkName":"x"},{"name":"d","type":"dir"},{"name":"�","rillName":"/w==","type":"reg","rillModTime":"1960-01-01T00:00:00.5Z"},{"name":"l","type":"symlink","linkName":"�","rillLinkName":"/w=="}]}`), int64(100))
 	f.Fuzz(func(t *testing.T, tocJSON []byte, tocOffset int64) {
 		jtoc, err := artifact.DecodeTOC(tocJSON)
 		if err != nil {

@@ -15,8 +15,7 @@ type Entry struct {
 	Body   []byte
 }
 
-// ModTime is the modification time of every generated entry (whole seconds: the eStargz TOC
-// keeps seconds only).
+// ModTime is the modification time of every generated entry (RootfsQuirks adds others).
 var ModTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 
 // RandomBytes returns n deterministic pseudo-random bytes for seed.
