@@ -24,6 +24,9 @@ var (
 	// ErrNotRunnable: the manifest is no runnable container image (its config is not an image
 	// config, or its diff_ids do not match its layers).
 	ErrNotRunnable = kind("the image is not a runnable container image", errdefs.ErrInvalidArgument)
+	// ErrUnstreamableLayer: a layer no node would stream (an entry outside the layer, a file
+	// written through a symbolic link, a name no TOC can hold): rill does not convert it.
+	ErrUnstreamableLayer = kind("the layer cannot be streamed", errdefs.ErrNotImplemented)
 	// ErrCorruptLayer: a layer's bytes do not match its digest or the config's diff_id.
 	ErrCorruptLayer = kind("corrupt layer", errdefs.ErrDataLoss)
 	// ErrVerifyFailed: rill verify found an artifact that does not stream its image

@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"compress/gzip"
@@ -97,17 +98,30 @@ func ConvertLayer(ctx context.Context, src io.Reader, dst io.Writer, opts LayerO
 	if err != nil {
 		return Layer{}, err
 	}
+	out := &hashingWriter{w: dst, h: sha256.New()}
+	l, err := convertLayer(ctx, src, out, opts)
+	if err != nil && ctx.Err() == nil && out.err == nil && !errors.Is(err, ErrUnsupportedMediaType) && !errors.Is(err, ErrUnstreamableLayer) {
+		// The layer's own bytes are at fault (a truncated or corrupt gzip stream, a broken tar):
+		// not the converter's output, and not a cancellation.
+		return Layer{}, fmt.Errorf("%w: %w", err, ErrCorruptLayer)
+	}
+	return l, err
+}
+
+func convertLayer(ctx context.Context, src io.Reader, out *hashingWriter, opts LayerOptions) (Layer, error) {
 	tarStream, closeTar, err := decompressed(ctx, src)
 	if err != nil {
 		return Layer{}, err
 	}
 	defer closeTar()
 
-	// The original's diff_id is the hash of every byte of its tar stream, as read.
-	orig := &hashingReader{r: tarStream, h: sha256.New()}
+	// The original's diff_id is the hash of every byte of its tar stream, as read; its tar
+	// headers give the TOC entries rill's extension fields.
+	headers := scanHeaders()
+	defer headers.stop()
+	orig := &hashingReader{r: io.TeeReader(tarStream, headers.pw), h: sha256.New()}
 
-	out := &hashingWriter{w: dst, h: sha256.New()}
-	counter := &countingCompressor{GzipCompressor: estargz.NewGzipCompressorWithLevel(opts.CompressionLevel)}
+	counter := &countingCompressor{GzipCompressor: estargz.NewGzipCompressorWithLevel(opts.CompressionLevel), level: opts.CompressionLevel}
 	w := estargz.NewWriterWithCompressor(out, counter)
 	w.ChunkSize = opts.ChunkSize
 
@@ -141,10 +155,24 @@ func ConvertLayer(ctx context.Context, src io.Reader, dst io.Writer, opts LayerO
 	if counter.written != orig.n {
 		return Layer{}, fmt.Errorf("convert layer: wrote %d tar bytes for %d original bytes", counter.written, orig.n)
 	}
+	if counter.headers, err = headers.wait(); err != nil {
+		return Layer{}, fmt.Errorf("read layer: %w", err)
+	}
 
 	tocDigest, err := w.Close()
 	if err != nil {
+		if errors.Is(err, ErrUnstreamableLayer) {
+			return Layer{}, err
+		}
 		return Layer{}, fmt.Errorf("convert layer: write TOC: %w", err)
+	}
+	// What a node accepts, checked on the TOC as a node decodes it.
+	toc, err := artifact.DecodeTOC(counter.tocJSON)
+	if err != nil {
+		return Layer{}, fmt.Errorf("convert layer: %w", err)
+	}
+	if _, err := artifact.NewTree(toc, counter.tocOffset); err != nil {
+		return Layer{}, fmt.Errorf("%w: %v", ErrUnstreamableLayer, err)
 	}
 	diffID, err := digest.Parse(w.DiffID())
 	if err != nil {
@@ -181,7 +209,7 @@ func decompressed(ctx context.Context, src io.Reader) (peeker, func(), error) {
 		return bufio.NewReader(zr), func() { zr.Close() }, nil
 	}
 	if len(magic) >= 2 && magic[0] == 0x28 && magic[1] == 0xb5 {
-		return nil, nil, errors.New("read layer: zstd layers are not supported yet")
+		return nil, nil, fmt.Errorf("read layer: zstd layers are not supported yet: %w", ErrUnsupportedMediaType)
 	}
 	return br, func() {}, nil
 }
@@ -223,24 +251,34 @@ func (r *hashingReader) Read(p []byte) (int, error) {
 func (r *hashingReader) nonZeroAfter(off int64) bool { return r.lastNonZero > off }
 
 type hashingWriter struct {
-	w io.Writer
-	h hash.Hash
-	n int64
+	w   io.Writer
+	h   hash.Hash
+	n   int64
+	err error // the first write error
 }
 
 func (w *hashingWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
 	w.h.Write(p[:n])
 	w.n += int64(n)
 	return n, err
 }
 
 // countingCompressor is estargz's gzip compressor that counts the uncompressed tar bytes it
-// is given, and the uncompressed bytes of the TOC entry it appends.
+// is given, and the uncompressed bytes of the TOC entry it appends. It writes the TOC with
+// rill's extension fields, from the tar headers it is given before the writer closes.
 type countingCompressor struct {
 	*estargz.GzipCompressor
+	level    int
 	written  int64
 	tocBytes int64
+
+	headers   []*tar.Header
+	tocJSON   []byte
+	tocOffset int64
 }
 
 func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
@@ -252,10 +290,61 @@ func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, erro
 }
 
 func (c *countingCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	ext, err := artifact.Extend(toc, c.headers)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnstreamableLayer, err)
+	}
 	counted := &countingHash{Hash: diffHash}
-	d, err := c.GzipCompressor.WriteTOCAndFooter(w, off, toc, counted)
-	c.tocBytes = counted.n
-	return d, err
+	tocJSON, err := artifact.WriteTOCAndFooter(w, off, ext, c.level, counted)
+	if err != nil {
+		return "", err
+	}
+	c.tocBytes, c.tocJSON, c.tocOffset = counted.n, tocJSON, off
+	return digest.FromBytes(tocJSON), nil
+}
+
+// headerScanner reads the tar headers of a stream written to pw, as the estargz writer
+// reads the same stream.
+type headerScanner struct {
+	pw      *io.PipeWriter
+	done    chan struct{}
+	headers []*tar.Header
+	err     error
+}
+
+func scanHeaders() *headerScanner {
+	pr, pw := io.Pipe()
+	s := &headerScanner{pw: pw, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tr := tar.NewReader(pr)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					s.err = err
+				}
+				break
+			}
+			s.headers = append(s.headers, h)
+		}
+		io.Copy(io.Discard, pr) // padding after the end-of-archive marker
+		pr.Close()
+	}()
+	return s
+}
+
+// wait ends the stream and returns its headers.
+func (s *headerScanner) wait() ([]*tar.Header, error) {
+	s.pw.Close()
+	<-s.done
+	return s.headers, s.err
+}
+
+// stop ends the scan early (or again).
+func (s *headerScanner) stop() {
+	s.pw.CloseWithError(errors.New("conversion ended"))
+	<-s.done
 }
 
 type countingWriteFlushCloser struct {

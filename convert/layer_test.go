@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/testlayer"
 )
 
@@ -206,6 +207,38 @@ func TestConvertLayerRefusesWhatItCannotKeep(t *testing.T) {
 	}
 }
 
+// A layer whose own bytes are broken is corrupt content (rill create exits 9), whatever the
+// tar or gzip reader says about it.
+func TestConvertLayerCallsBrokenContentCorrupt(t *testing.T) {
+	valid := gzipOf(t, tarOf(t, testlayer.EveryKind(), 0))
+	flipped := bytes.Clone(valid)
+	flipped[len(flipped)/2] ^= 0xff
+	cases := map[string][]byte{
+		"truncated gzip":       valid[:len(valid)*2/3],
+		"gzip without trailer": valid[:len(valid)-4],
+		"corrupt gzip":         flipped,
+		"truncated plain tar":  tarOf(t, testlayer.EveryKind(), 0)[:3000],
+		"no bytes at all":      nil,
+	}
+	for name, input := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := ConvertLayer(context.Background(), bytes.NewReader(input), io.Discard, LayerOptions{})
+			if !errors.Is(err, ErrCorruptLayer) {
+				t.Fatalf("error %v, want ErrCorruptLayer", err)
+			}
+		})
+	}
+	// A failure to write the result is not the layer's fault.
+	_, err := ConvertLayer(context.Background(), bytes.NewReader(valid), failingWriter{}, LayerOptions{})
+	if err == nil || errors.Is(err, ErrCorruptLayer) {
+		t.Fatalf("error %v writing to a failing destination, want a non-corrupt error", err)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
 func TestConvertLayerStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -293,4 +326,63 @@ func BenchmarkConvertLayer(b *testing.B) {
 		size = l.Size
 	}
 	b.ReportMetric(float64(size)/float64(len(layer)), "size-ratio")
+}
+
+// rewriteTOC replaces the TOC of an eStargz blob with what edit makes of it, and returns the
+// new blob and TOC digest: an artifact whose bytes are right and whose TOC lies.
+func rewriteTOC(t *testing.T, blob []byte, edit func(*artifact.JTOC)) ([]byte, digest.Digest) {
+	t.Helper()
+	toc, off, _, err := artifact.ReadTOC(bytes.NewReader(blob), int64(len(blob)), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(toc)
+	var out bytes.Buffer
+	out.Write(blob[:off])
+	tocJSON, err := artifact.WriteTOCAndFooter(&out, off, toc, gzip.DefaultCompression, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes(), digest.FromBytes(tocJSON)
+}
+
+// rill verify checks every TOC entry's metadata against the tar header it describes: a TOC
+// that serves other names, modes, owners, xattrs, links or times than the verified bytes
+// hold fails, naming the entry.
+func TestVerifyLayerChecksMetadataAgainstTheTar(t *testing.T) {
+	blob, l := convert(t, gzipOf(t, tarOf(t, append(testlayer.EveryKind(), testlayer.RootfsQuirks()...), 0)), LayerOptions{ChunkSize: 64 << 10})
+	section := func(b []byte) *io.SectionReader { return io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))) }
+	if err := VerifyLayer(context.Background(), section(blob), Expected{OriginalDiffID: l.OriginalDiffID, OriginalSize: l.OriginalSize, TOCDigest: l.TOCDigest}); err != nil {
+		t.Fatalf("a faithful layer: %v", err)
+	}
+	find := func(toc *artifact.JTOC, name string) *artifact.TOCEntry {
+		for _, e := range toc.Entries {
+			if e.RawName() == name && e.Type != "chunk" {
+				return e
+			}
+		}
+		t.Fatalf("no entry %q", name)
+		return nil
+	}
+	cases := []struct {
+		name, entry, say string
+		edit             func(e *artifact.TOCEntry)
+	}{
+		{"setuid added", "etc/hostname", "mode 4755", func(e *artifact.TOCEntry) { e.Mode = 0o4755 }},
+		{"owner", "etc/hostname", "owner 0:0", func(e *artifact.TOCEntry) { e.UID, e.GID = 0, 0 }},
+		{"xattr", "etc/with-xattrs", "extended attributes", func(e *artifact.TOCEntry) { e.Xattrs["user.rill"] = []byte("lies") }},
+		{"symlink target", "etc/link", "link target", func(e *artifact.TOCEntry) { e.LinkName = "/etc/shadow" }},
+		{"mtime", "times/nanoseconds", "modification time", func(e *artifact.TOCEntry) { e.RillModTime = "" }},
+		{"raw name", "names/latin1-caf\xe9", "name", func(e *artifact.TOCEntry) { e.RillName = []byte("names/other") }},
+		{"type", "run/fifo", "type", func(e *artifact.TOCEntry) { e.Type = "dir" }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bad, tocDigest := rewriteTOC(t, blob, func(toc *artifact.JTOC) { c.edit(find(toc, c.entry)) })
+			err := VerifyLayer(context.Background(), section(bad), Expected{OriginalDiffID: l.OriginalDiffID, OriginalSize: l.OriginalSize, TOCDigest: tocDigest})
+			if err == nil || !strings.Contains(err.Error(), c.say) || !strings.Contains(err.Error(), fmt.Sprintf("%q", c.entry)) {
+				t.Fatalf("error %v, want one naming %q and saying %q", err, c.entry, c.say)
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 )
 
 // Expected is what a converted layer must match: the original's diff_id and length, and the
@@ -35,14 +36,32 @@ func VerifyLayer(ctx context.Context, blob *io.SectionReader, want Expected) err
 	if err := verifyChunks(ctx, r, verifier); err != nil {
 		return err
 	}
+	// The TOC as a node decodes it: one it accepts, and whose entries say what the tar headers
+	// say (the node serves names, modes, owners, xattrs and times from the TOC).
+	toc, tocOffset, _, err := artifact.ReadTOC(blob, blob.Size(), 256<<20)
+	if err != nil {
+		return fmt.Errorf("not a valid eStargz layer: %w", err)
+	}
+	if _, err := artifact.NewTree(toc, tocOffset); err != nil {
+		return fmt.Errorf("no node would stream it: %w", err)
+	}
 
 	payload, err := estargz.Unpack(blob, new(estargz.GzipDecompressor))
 	if err != nil {
 		return fmt.Errorf("decompress layer: %w", err)
 	}
 	defer payload.Close()
+	pr, pw := io.Pipe()
+	checked := make(chan error, 1)
+	go func() {
+		err := artifact.CheckHeaders(toc, pr)
+		io.Copy(io.Discard, pr)
+		checked <- err
+	}()
 	h := sha256.New()
-	n, err := io.Copy(h, &ctxReader{ctx: ctx, r: payload})
+	n, err := io.Copy(io.MultiWriter(h, pw), &ctxReader{ctx: ctx, r: payload})
+	pw.Close()
+	metaErr := <-checked
 	if err != nil {
 		return fmt.Errorf("decompress layer: %w", err)
 	}
@@ -51,6 +70,9 @@ func VerifyLayer(ctx context.Context, blob *io.SectionReader, want Expected) err
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != want.OriginalDiffID {
 		return fmt.Errorf("layer's tar bytes hash to %s, not to the original diff_id %s", got, want.OriginalDiffID)
+	}
+	if metaErr != nil {
+		return fmt.Errorf("the TOC's metadata does not match the tar: %w", metaErr)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/cache"
 	"github.com/rillstream/rill/remote"
 	"golang.org/x/time/rate"
@@ -134,6 +135,11 @@ func (idx *Index) segments() []segment {
 		}
 	}
 	walk(idx.Root)
+	for _, c := range idx.Replaced {
+		for i := range c.Chunks {
+			segs = append(segs, segment{start: c.Chunks[i].BlobOffset, end: c.Chunks[i].BlobEnd, node: c, chunk: &c.Chunks[i]})
+		}
+	}
 	slices.SortFunc(segs, func(a, b segment) int { return int(a.start - b.start) })
 	head := idx.DataEnd
 	if len(segs) > 0 {
@@ -338,7 +344,21 @@ func decompressAll(compressed []byte) ([]byte, error) {
 // original's tar bytes exactly.
 func (m *Mounted) verifyLayer(ctx context.Context, segs []segment, want Original) error {
 	r := m.lfs.reader
-	h := sha256.New()
+	// The recovered tar's headers, read as it is hashed, give the tree the TOC must describe.
+	pr, pw := io.Pipe()
+	type result struct {
+		tree *artifact.Tree
+		err  error
+	}
+	fromTar := make(chan result, 1)
+	go func() {
+		t, err := artifact.TreeFromTar(pr)
+		io.Copy(io.Discard, pr)
+		fromTar <- result{t, err}
+	}()
+	defer func() { pw.CloseWithError(errors.New("verification ended")); <-fromTar }()
+	sum := sha256.New()
+	h := io.MultiWriter(sum, pw)
 	var n int64
 	for _, s := range segs {
 		if err := ctx.Err(); err != nil {
@@ -370,10 +390,21 @@ func (m *Mounted) verifyLayer(ctx context.Context, segs []segment, want Original
 		h.Write(extra)
 		n += int64(len(extra))
 	}
-	got := digest.NewDigest(digest.SHA256, h)
+	got := digest.NewDigest(digest.SHA256, sum)
 	if n != want.Size || got != want.DiffID {
 		m.lfs.metrics.layerMismatches.Inc()
 		return fmt.Errorf("%w: %d bytes hashing to %s, the original has %d bytes hashing to %s", ErrLayerMismatch, n, got, want.Size, want.DiffID)
+	}
+	// The bytes are the original's; the metadata the node serves must be theirs too.
+	pw.Close()
+	res := <-fromTar
+	fromTar <- res // for the deferred wait
+	if res.err == nil {
+		res.err = artifact.CompareMetadata(m.idx.Tree, res.tree)
+	}
+	if res.err != nil {
+		m.lfs.metrics.layerMismatches.Inc()
+		return fmt.Errorf("%w: the TOC's metadata does not match the original tar: %v", ErrLayerMismatch, res.err)
 	}
 	return nil
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/testlayer"
 	"golang.org/x/time/rate"
 )
@@ -147,5 +149,54 @@ func TestCompleteFetchesCorruptHeadersAgain(t *testing.T) {
 	}
 	if testutil.ToFloat64(metrics.layerMismatches) != 0 {
 		t.Error("a corrupted transfer was counted as a layer mismatch")
+	}
+}
+
+// An artifact whose bytes are the original's but whose TOC serves other metadata (here a
+// setuid bit the tar does not give) is caught once the layer is complete: the same alarm as
+// a diff_id mismatch.
+func TestCompleteCatchesATOCThatLiesAboutMetadata(t *testing.T) {
+	entries := append(testlayer.EveryKind(), testlayer.RootfsQuirks()...)
+	data, l := convertedBlob(t, entries)
+	toc, off, _, err := artifact.ReadTOC(bytes.NewReader(data), int64(len(data)), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range toc.Entries {
+		if e.Name == "etc/empty" {
+			e.Mode = 0o4755
+		}
+	}
+	var forged bytes.Buffer
+	forged.Write(data[:off])
+	tocJSON, err := artifact.WriteTOCAndFooter(&forged, off, toc, 6, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.TOCDigest = digest.FromBytes(tocJSON)
+
+	metrics := NewMetrics()
+	m := mountConverted(t, forged.Bytes(), l, &switchableBlob{}, MountOptions{Metrics: metrics})
+	if fi, err := os.Stat(filepath.Join(m.mountpoint, "etc/empty")); err != nil || fi.Mode()&os.ModeSetuid == 0 {
+		t.Fatalf("the forged TOC's mode must serve until the layer is complete: %v %v", fi, err)
+	}
+	original := originalOf(t, entries)
+	err = m.Complete(&original)
+	if !errors.Is(err, ErrLayerMismatch) || !strings.Contains(err.Error(), `"/etc/empty"`) {
+		t.Fatalf("Complete of a layer whose TOC lies: %v, want ErrLayerMismatch naming /etc/empty", err)
+	}
+	if testutil.ToFloat64(metrics.layerMismatches) != 1 {
+		t.Fatal("the mismatch is not counted")
+	}
+}
+
+// A faithful layer with every case containerd extracts in its own way verifies, metadata
+// included.
+func TestCompleteVerifiesTheMetadataOfAFaithfulLayer(t *testing.T) {
+	entries := append(testlayer.EveryKind(), testlayer.RootfsQuirks()...)
+	m := mountWithCache(t, entries, &switchableBlob{}, NewMetrics())
+	original := originalOf(t, entries)
+	if err := m.Complete(&original); err != nil {
+		t.Fatalf("Complete: %v", err)
 	}
 }

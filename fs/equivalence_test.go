@@ -130,6 +130,7 @@ func TestMountedLayerEqualsExtractedLayer(t *testing.T) {
 		{"only implied directories", []testlayer.Entry{testlayer.Reg("a/b/c/d", []byte("deep\n"), 0o640)}, 0},
 		{"directories implied in a set-group-ID directory", []testlayer.Entry{setgidDir("shared/", 33), testlayer.Reg("shared/implied/deeper/file", []byte("group\n"), 0o640)}, 0},
 		{"empty layer", nil, 0},
+		{"duplicates, ./, names that are not UTF-8, sub-second and pre-1970 times", testlayer.RootfsQuirks(), 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

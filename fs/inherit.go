@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	cfs "github.com/containerd/continuity/fs"
+	"github.com/rillstream/rill/artifact"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +41,7 @@ func (idx *Index) InheritImplied(lowers []string) error {
 					firstErr = err
 				}
 				if !inherited {
-					impliedDefaults(c, n)
+					artifact.ImpliedDefaults(c, n)
 				}
 			}
 			walk(c, p)
@@ -48,16 +49,6 @@ func (idx *Index) InheritImplied(lowers []string) error {
 	}
 	walk(idx.Root, "")
 	return firstErr
-}
-
-// impliedDefaults gives n, a directory implied under parent, the metadata an extraction gives
-// a directory it creates: mode 0755, owned by root — but for the group of a set-group-ID
-// parent, which the kernel gives new entries of such a directory.
-func impliedDefaults(n, parent *Node) {
-	n.Mode, n.UID, n.GID = 0o755, 0, 0
-	if parent.Mode&0o2000 != 0 {
-		n.GID = parent.GID
-	}
 }
 
 // inheritFrom sets n, the implied directory at p, from the topmost of lowers that has p, and
@@ -123,7 +114,7 @@ func copyableXattrs(p string) (map[string][]byte, error) {
 		if name == "" || strings.HasPrefix(name, "trusted.") {
 			continue
 		}
-		v := make([]byte, maxXattrValueLength)
+		v := make([]byte, artifact.MaxXattrValueLength)
 		m, err := unix.Lgetxattr(p, name, v)
 		if errors.Is(err, unix.ENODATA) {
 			continue

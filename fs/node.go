@@ -25,6 +25,7 @@ var (
 	_ gofs.NodeGetxattrer  = (*node)(nil)
 	_ gofs.NodeListxattrer = (*node)(nil)
 	_ gofs.NodeStatfser    = (*node)(nil)
+	_ gofs.NodeReaddirer   = (*node)(nil)
 )
 
 // fileNode is a regular file. Each open gets a fileHandle, through which its reads go.
@@ -58,7 +59,6 @@ func (nd *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOu
 // Statfs describes the layer as a read-only filesystem. overlayfs takes the longest name it
 // accepts from its layers' f_namelen: zero would make every lookup fail with ENAMETOOLONG.
 func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	const blockSize = 4096
 	out.Bsize = blockSize
 	out.Frsize = blockSize
 	out.NameLen = maxNameLength
@@ -67,14 +67,56 @@ func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return gofs.OK
 }
 
+// Readdir lists a directory as a local filesystem does: "." and ".." first, then its
+// entries in name order.
+func (nd *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	if nd.n.Kind != KindDir {
+		return nil, syscall.ENOTDIR
+	}
+	parent := nd.ino
+	if _, p := nd.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	entries := make([]fuse.DirEntry, 0, len(nd.n.Names)+2)
+	entries = append(entries,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: nd.ino},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent})
+	for _, name := range nd.n.Names {
+		child := nd.GetChild(name)
+		if child == nil {
+			continue
+		}
+		entries = append(entries, fuse.DirEntry{Name: name, Mode: child.Mode(), Ino: child.StableAttr().Ino})
+	}
+	return gofs.NewListDirStream(entries), gofs.OK
+}
+
+// blockSize is the block size the layer reports, and allocates in: ext4's, the filesystem
+// containerd's extraction lands on most often.
+const blockSize = 4096
+
+// fillAttr fills a's attributes from n as a local filesystem (ext4) shows the extracted
+// file: directories are one block of 4096 bytes, regular files occupy whole blocks, symlinks
+// up to 59 bytes are stored in the inode (no block), devices and FIFOs take none.
 func fillAttr(n *Node, ino uint64, a *fuse.Attr) {
 	a.Ino = ino
 	a.Mode = n.FileMode()
 	a.Nlink = n.Nlink
 	a.Owner = fuse.Owner{Uid: n.UID, Gid: n.GID}
 	a.Size = uint64(n.Size)
-	a.Blksize = 4096
-	a.Blocks = (uint64(n.Size) + 511) / 512
+	a.Blksize = blockSize
+	a.Blocks = 0
+	switch n.Kind {
+	case KindDir:
+		a.Size = blockSize
+		a.Blocks = blockSize / 512
+	case KindReg:
+		a.Blocks = (uint64(n.Size) + blockSize - 1) / blockSize * (blockSize / 512)
+	case KindSymlink:
+		if n.Size >= 60 {
+			a.Blocks = blockSize / 512
+		}
+	}
 	a.Mtime, a.Mtimensec = uint64(n.ModTime), n.ModTimeNsec
 	a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
 	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -45,7 +44,7 @@ var ErrInvalidTOC = errors.New("invalid eStargz TOC")
 // TOC is a layer's verified table of contents.
 type TOC struct {
 	// JTOC is the decoded TOC; its entries are not validated yet (NewIndex does that).
-	JTOC *estargz.JTOC
+	JTOC *artifact.JTOC
 	// Offset is where the TOC's gzip member starts in the blob: the end of the file data.
 	Offset int64
 	// BlobSize is the size of the whole blob.
@@ -114,14 +113,14 @@ func ParseTOC(tocJSON []byte, tocOffset, blobSize int64, want digest.Digest, lim
 	if tocOffset <= 0 || tocOffset >= blobSize {
 		return nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
 	}
-	var jtoc estargz.JTOC
-	if err := json.Unmarshal(tocJSON, &jtoc); err != nil {
-		return nil, fmt.Errorf("%w: decode TOC JSON: %v", ErrInvalidTOC, err)
+	jtoc, err := artifact.DecodeTOC(tocJSON)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidTOC, err)
 	}
 	if len(jtoc.Entries) > limits.MaxEntries {
 		return nil, fmt.Errorf("%w: %d TOC entries, more than the limit of %d", ErrInvalidTOC, len(jtoc.Entries), limits.MaxEntries)
 	}
-	return &TOC{JTOC: &jtoc, Offset: tocOffset, BlobSize: blobSize}, nil
+	return &TOC{JTOC: jtoc, Offset: tocOffset, BlobSize: blobSize}, nil
 }
 
 // decompressTOC extracts the TOC JSON from its gzip member: a tar holding one file named

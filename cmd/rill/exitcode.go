@@ -23,6 +23,7 @@ const (
 	exitCorrupt             = 9  // content does not match its digest; verify failed
 	exitConflict            = 10 // the tag moved while rill worked on it
 	exitUnavailable         = 11 // a service rill needs does not answer (rill watch's API)
+	exitUnstreamable        = 12 // a layer no node would stream (the entry is named)
 )
 
 // exitCode maps an error to its exit code. The package's own kinds come first: each also
@@ -41,6 +42,8 @@ func exitCode(err error) int {
 		return exitIsStreaming
 	case errors.Is(err, convert.ErrNotRunnable):
 		return exitNotRunnable
+	case errors.Is(err, convert.ErrUnstreamableLayer):
+		return exitUnstreamable
 	case errors.Is(err, convert.ErrCorruptLayer), errors.Is(err, convert.ErrVerifyFailed), errdefs.IsDataLoss(err):
 		return exitCorrupt
 	case errors.Is(err, convert.ErrTagMoved):

@@ -2,7 +2,9 @@ package fstree
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Describe describes every path below root (root itself excluded). Mtimes are given to the
+// Describe describes root and every path below it: mode, owner, st_blocks, for directories
+// st_size and the names getdents returns ("." and ".." included); root gets no more. Mtimes are given to the
 // nanosecond, directories' included, except for the paths in noMtime (relative to root) and
 // for whiteouts (0/0 character devices): extraction sets those to the time it ran — pass the
 // directories the layers only imply (ImpliedDirs) as noMtime.
@@ -28,12 +31,31 @@ func Describe(root string, noMtime map[string]bool) (map[string]string, error) {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
-		if rel == "." {
-			return nil
-		}
 		st := fi.Sys().(*syscall.Stat_t)
 		var b strings.Builder
 		fmt.Fprintf(&b, "mode=%v uid=%d gid=%d", fi.Mode(), st.Uid, st.Gid)
+		if fi.IsDir() {
+			names, err := rawListing(p)
+			if err != nil {
+				return err
+			}
+			// ext4 grows a directory past one block (and indexes it) when its entries do not
+			// fit one; the node reports one block for every directory, so sizes compare for
+			// directories whose entries fit a block only.
+			if ext4FitsOneBlock(names) {
+				fmt.Fprintf(&b, " blocks=%d size=%d", st.Blocks, fi.Size())
+			}
+			fmt.Fprintf(&b, " listing=%q", names)
+		} else if xattrs(p) == "[]" {
+			// ext4 may store extended attributes in a block of their own, which st_blocks
+			// counts; files with none compare.
+			fmt.Fprintf(&b, " blocks=%d", st.Blocks)
+		}
+		if rel == "." {
+			// The root itself: its owner and mode (its mtime is the extraction's).
+			out[rel] = b.String()
+			return nil
+		}
 		isWhiteout := fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0
 		if !isWhiteout && !noMtime[rel] {
 			mtime := fi.ModTime()
@@ -71,6 +93,50 @@ func Describe(root string, noMtime map[string]bool) (map[string]string, error) {
 		return nil, fmt.Errorf("describe %s: %w", root, err)
 	}
 	return out, nil
+}
+
+// ext4FitsOneBlock reports whether a directory with these entries ("." and ".." included)
+// fits one 4096-byte ext4 directory block: each entry takes 8 bytes and its name rounded up to
+// 4, and a checksum tail takes 12.
+func ext4FitsOneBlock(names []string) bool {
+	n := 12
+	for _, name := range names {
+		n += 8 + (len(name)+3)&^3
+	}
+	return n <= 4096
+}
+
+// rawListing returns the names getdents(2) gives for dir, "." and ".." included (os.ReadDir
+// leaves them out), sorted.
+func rawListing(dir string) ([]string, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var names []string
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			return nil, fmt.Errorf("getdents %s: %w", dir, err)
+		}
+		if n <= 0 {
+			break
+		}
+		for off := 0; off < n; {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+			reclen := int(binary.LittleEndian.Uint16(buf[off+16 : off+18]))
+			name := buf[off+19 : off+reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			names = append(names, string(name))
+			off += reclen
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 func hashFile(p string) ([]byte, error) {

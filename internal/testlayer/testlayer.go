@@ -15,8 +15,7 @@ type Entry struct {
 	Body   []byte
 }
 
-// ModTime is the modification time of every generated entry (whole seconds: the eStargz TOC
-// keeps seconds only).
+// ModTime is the modification time of every generated entry (RootfsQuirks adds others).
 var ModTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 
 // RandomBytes returns n deterministic pseudo-random bytes for seed.
@@ -85,6 +84,55 @@ func EveryKind() []Entry {
 		Reg("opaque/kept", []byte("only this\n"), 0o644),
 		Reg("ünïcødé/日本語/файл", []byte("unicode\n"), 0o644),
 		Reg(strings.Repeat("long-directory-name/", 8)+strings.Repeat("n", 200), []byte("long\n"), 0o644),
+	}
+}
+
+// RootfsQuirks is a layer with what real layers hold and containerd's extraction settles in
+// its own way: the layer's own "./" entry (ignored), paths listed twice (the last entry wins: a
+// file replaced, a file replaced by a directory and back, a directory listed again merging, a
+// hardlinked file replaced), names and link targets that are not UTF-8, and modification
+// times with nanoseconds, rounding up, and before 1970 (the epoch, in an extraction).
+func RootfsQuirks() []Entry {
+	at := func(e Entry, t time.Time) Entry {
+		e.Header.ModTime = t
+		return e
+	}
+	root := Dir("./", 0o700)
+	root.Header.Uid, root.Header.Gid = 1000, 1000
+	dirAgain := Dir("dup/dir-twice/", 0o750)
+	dirAgain.Header.PAXRecords = map[string]string{"SCHILY.xattr.user.second": "listing"}
+	dirAgain.Header.Uid = 7
+	second := Reg("dup/twice.txt", []byte("second, and last\n"), 0o600)
+	second.Header.Uid = 33
+	return []Entry{
+		root,
+		Dir("dup/", 0o755),
+		Reg("dup/twice.txt", []byte("first\n"), 0o644),
+		second,
+		Reg("dup/file-then-dir", []byte("a file first\n"), 0o644),
+		Dir("dup/file-then-dir/", 0o750),
+		Reg("dup/file-then-dir/inner", []byte("inside\n"), 0o644),
+		Dir("dup/dir-then-file/", 0o755),
+		Reg("dup/dir-then-file/gone", []byte("removed with its directory\n"), 0o644),
+		Reg("dup/dir-then-file", []byte("a file last\n"), 0o644),
+		Dir("dup/dir-twice/", 0o700),
+		Reg("dup/dir-twice/kept", []byte("kept\n"), 0o644),
+		dirAgain,
+		Reg("dup/linked", []byte("old content\n"), 0o644),
+		Hardlink("dup/old-link", "dup/linked"),
+		Reg("dup/linked", []byte("new content\n"), 0o644),
+		Hardlink("dup/new-link", "dup/linked"),
+		Reg("dup/replaced-by-link", []byte("gone\n"), 0o644),
+		Hardlink("dup/replaced-by-link", "dup/linked"),
+		Reg("names/latin1-caf\xe9", []byte("latin-1\n"), 0o644),
+		Reg("names/\xff\xfe-not-utf8", []byte("bytes\n"), 0o644),
+		Symlink("names/link-to-latin1", "latin1-caf\xe9"),
+		Hardlink("names/hardlink-caf\xe9", "names/latin1-caf\xe9"),
+		at(Reg("times/nanoseconds", []byte("n\n"), 0o644), time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)),
+		at(Reg("times/rounds-up", []byte("r\n"), 0o644), time.Date(2024, 5, 6, 7, 8, 9, 600_000_000, time.UTC)),
+		at(Reg("times/before-1970", []byte("p\n"), 0o644), time.Date(1960, 1, 2, 3, 4, 5, 0, time.UTC)),
+		at(Reg("times/just-after-the-epoch", []byte("e\n"), 0o644), time.Unix(0, 500_000_000)),
+		at(Dir("times/", 0o755), time.Date(2023, 1, 1, 0, 0, 0, 1, time.UTC)),
 	}
 }
 
