@@ -73,17 +73,9 @@ func (s *Snapshotter) restore(ctx context.Context) {
 // the network: recoverUnavailable does that afterwards).
 func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch bool) error {
 	dir := filepath.Join(s.snapshotsDir(), id)
-	data, err := os.ReadFile(filepath.Join(dir, recordFile))
+	rec, blob, err := s.openRecorded(ctx, dir)
 	if err != nil {
-		return fmt.Errorf("read layer record: %w", err)
-	}
-	var rec layerRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return fmt.Errorf("decode layer record: %w", err)
-	}
-	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
-	if err != nil {
-		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
+		return err
 	}
 	toc, err := s.restoreTOC(ctx, dir, rec, blob, fetch)
 	if err != nil {
@@ -175,20 +167,29 @@ func (s *Snapshotter) recoverUnavailable(id, parent string) {
 	}
 }
 
-// fetchTOCAgain makes layer id's TOC on disk usable, fetching it again if need be.
-func (s *Snapshotter) fetchTOCAgain(ctx context.Context, id string) error {
-	dir := filepath.Join(s.snapshotsDir(), id)
+// openRecorded reads the record of the streamed layer in dir and opens its blob.
+func (s *Snapshotter) openRecorded(ctx context.Context, dir string) (layerRecord, Blob, error) {
+	var rec layerRecord
 	data, err := os.ReadFile(filepath.Join(dir, recordFile))
 	if err != nil {
-		return fmt.Errorf("read layer record: %w", err)
+		return rec, nil, fmt.Errorf("read layer record: %w", err)
 	}
-	var rec layerRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return fmt.Errorf("decode layer record: %w", err)
+		return rec, nil, fmt.Errorf("decode layer record: %w", err)
 	}
 	blob, err := s.resolver.OpenBlob(ctx, rec.Ref, rec.Desc)
 	if err != nil {
-		return fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
+		return rec, nil, fmt.Errorf("open blob %s: %w", rec.Desc.Digest, err)
+	}
+	return rec, blob, nil
+}
+
+// fetchTOCAgain makes layer id's TOC on disk usable, fetching it again if need be.
+func (s *Snapshotter) fetchTOCAgain(ctx context.Context, id string) error {
+	dir := filepath.Join(s.snapshotsDir(), id)
+	rec, blob, err := s.openRecorded(ctx, dir)
+	if err != nil {
+		return err
 	}
 	_, err = s.restoreTOC(ctx, dir, rec, blob, true)
 	return err
