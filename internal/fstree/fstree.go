@@ -25,7 +25,10 @@ import (
 // directories the layers only imply (ImpliedDirs) as noMtime.
 func Describe(root string, noMtime map[string]bool) (map[string]string, error) {
 	out := map[string]string{}
-	firstByInode := map[uint64]string{}
+	// An inode is its device and number: overlayfs shows each lower layer's files with that
+	// layer's device, and two layers may use the same inode numbers.
+	type inode struct{ dev, ino uint64 }
+	firstByInode := map[inode]string{}
 	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
 			return err
@@ -69,10 +72,10 @@ func Describe(root string, noMtime map[string]bool) (map[string]string, error) {
 			}
 			fmt.Fprintf(&b, " size=%d sha256=%x", fi.Size(), sum)
 			if st.Nlink > 1 {
-				if first, ok := firstByInode[st.Ino]; ok {
+				if first, ok := firstByInode[inode{uint64(st.Dev), st.Ino}]; ok {
 					fmt.Fprintf(&b, " hardlink-of=%s", first)
 				} else {
-					firstByInode[st.Ino] = rel
+					firstByInode[inode{uint64(st.Dev), st.Ino}] = rel
 				}
 				fmt.Fprintf(&b, " nlink=%d", st.Nlink)
 			}

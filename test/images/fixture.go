@@ -2,6 +2,7 @@ package images
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/test/harness"
 )
 
@@ -45,7 +47,7 @@ func Fixture(ctx context.Context, repoRoot, dir string, opts FixtureOptions) (*T
 		return nil, err
 	}
 	layers := []*harness.Layer{checkerLayer}
-	for i, members := range [][]member{baseLayer(), changesLayer(), edgesLayer()} {
+	for i, members := range [][]member{baseLayer(), changesLayer(), edgesLayer(), quirksLayer()} {
 		l, err := writeLayer(filepath.Join(dir, fmt.Sprintf("layer-%d.tar.gz", i+1)), gzip.DefaultCompression, members)
 		if err != nil {
 			return nil, fmt.Errorf("writing fixture layer %d: %w", i+1, err)
@@ -219,4 +221,22 @@ func bigLayer(size int64) []member {
 		bigFile("fixture/big/random.bin", 0o644, size, rand.NewChaCha8(seed)),
 		hardlink("fixture/big/random-link.bin", "fixture/big/random.bin", 0o644, 0, 0),
 	}
+}
+
+// quirksLayer holds testlayer.RootfsQuirks below fixture/quirks: the layer's own "./" entry
+// (which extraction ignores), paths listed twice (the last entry wins), names and link targets
+// that are not UTF-8, and modification times with nanoseconds and before 1970.
+func quirksLayer() []member {
+	var members []member
+	for _, e := range testlayer.RootfsQuirks() {
+		h := e.Header
+		if h.Name != "./" {
+			h.Name = "fixture/quirks/" + h.Name
+			if h.Typeflag == tar.TypeLink {
+				h.Linkname = "fixture/quirks/" + h.Linkname
+			}
+		}
+		members = append(members, member{hdr: &h, content: bytes.NewReader(e.Body)})
+	}
+	return members
 }

@@ -4,7 +4,7 @@
 //
 // One line per path, sorted by path:
 //
-//	"/fixture/a.txt" file mode=0644 uid=0 gid=0 size=6 mtime=1700000000 sha256=… xattr:user.k="v" links="/fixture/a.txt"
+//	"/fixture/a.txt" file mode=0644 uid=0 gid=0 size=6 mtime=1700000000.000000000 sha256=… xattr:user.k="v" links="/fixture/a.txt"
 //
 // Fields that do not apply to a type are left out (directories have no size, symlinks carry
 // their target instead of a digest). Paths and values are quoted with strconv.Quote so that
@@ -32,11 +32,12 @@ type Entry struct {
 	Type string // one of the Type constants
 	// Mode holds the permission bits and the setuid (04000), setgid (02000) and sticky (01000)
 	// bits, as in a tar header. Symlinks have none (their mode is not meaningful on Linux).
-	Mode   uint32
-	UID    int
-	GID    int
-	Size   int64  // regular files only
-	Mtime  int64  // regular files only, seconds since the epoch
+	Mode uint32
+	UID  int
+	GID  int
+	Size int64 // regular files only
+	// Mtime is, for regular files only, the modification time in nanoseconds since the epoch.
+	Mtime  int64
 	SHA256 string // regular files only, hex
 	Target string // symlinks only
 	// Xattrs holds the user.* extended attributes (other namespaces are the runtime's business).
@@ -58,7 +59,7 @@ func (e Entry) String() string {
 	fmt.Fprintf(&b, " uid=%d gid=%d", e.UID, e.GID)
 	switch e.Type {
 	case TypeFile:
-		fmt.Fprintf(&b, " size=%d mtime=%d sha256=%s", e.Size, e.Mtime, e.SHA256)
+		fmt.Fprintf(&b, " size=%d mtime=%d.%09d sha256=%s", e.Size, e.Mtime/1e9, e.Mtime%1e9, e.SHA256)
 	case TypeSymlink:
 		fmt.Fprintf(&b, " target=%s", strconv.Quote(e.Target))
 	}

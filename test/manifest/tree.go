@@ -9,6 +9,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"time"
 )
 
 // Whiteout markers of the OCI image layer format.
@@ -123,13 +124,13 @@ func nodeOf(hdr *tar.Header, content io.Reader) (*node, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading content: %w", err)
 		}
-		n.size, n.mtime, n.sha256 = size, hdr.ModTime.Unix(), hex.EncodeToString(h.Sum(nil))
+		n.size, n.mtime, n.sha256 = size, extractedMtime(hdr.ModTime), hex.EncodeToString(h.Sum(nil))
 	case tar.TypeSymlink:
 		n.typ, n.target, n.mode = TypeSymlink, hdr.Linkname, 0
 	case tar.TypeFifo:
 		n.typ = TypeFifo
 	case tar.TypeLink:
-		n.typ, n.mtime = typeHardlink, hdr.ModTime.Unix() // resolved against its target in add
+		n.typ, n.mtime = typeHardlink, extractedMtime(hdr.ModTime) // resolved against its target in add
 	default:
 		return nil, fmt.Errorf("tar type %q is not modelled by manifest.Tree", hdr.Typeflag)
 	}
@@ -223,4 +224,13 @@ func (t *Tree) Entries(roots ...string) ([]Entry, error) {
 	}
 	SetLinkGroups(entries, inode)
 	return entries, nil
+}
+
+// extractedMtime is the modification time, in nanoseconds, that containerd's extraction gives
+// an entry: the header's, or the epoch for times before it (containerd bounds them).
+func extractedMtime(t time.Time) int64 {
+	if t.Before(time.Unix(0, 0)) {
+		return 0
+	}
+	return t.UnixNano()
 }

@@ -82,7 +82,7 @@ func entryOf(p string) (manifest.Entry, *syscall.Stat_t, error) {
 		e.Type = manifest.TypeDir
 	case syscall.S_IFREG:
 		e.Type = manifest.TypeFile
-		e.Size, e.Mtime = st.Size, st.Mtim.Sec
+		e.Size, e.Mtime = st.Size, st.Mtim.Sec*1e9+st.Mtim.Nsec
 		sum, err := hashFile(p)
 		if err != nil {
 			return e, nil, err
