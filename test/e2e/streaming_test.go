@@ -4,12 +4,9 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rillstream/rill/snapshotter"
 	"github.com/rillstream/rill/test/harness"
 	"github.com/rillstream/rill/test/images"
 )
@@ -312,19 +308,7 @@ func assertStreamed(t *testing.T, env *harness.Env, img *harness.PushedImage, re
 // assertStatusLists checks that rill's status socket lists the image's streamed layers.
 func assertStatusLists(t *testing.T, env *harness.Env, img *harness.PushedImage) {
 	t.Helper()
-	sock := filepath.Join(filepath.Dir(env.Snapshotter.Socket()), "status.sock")
-	client := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	resp, err := client.Get("http://rill/v1/layers")
-	if err != nil {
-		t.Fatalf("rill's status socket: %v", err)
-	}
-	defer resp.Body.Close()
-	var layers []snapshotter.LayerStatus
-	if err := json.NewDecoder(resp.Body).Decode(&layers); err != nil {
-		t.Fatal(err)
-	}
+	layers := statusLayers(t, env)
 	if len(layers) < len(img.ChainIDs) {
 		t.Fatalf("rill status lists %d streamed layers, the image has %d: %+v", len(layers), len(img.ChainIDs), layers)
 	}
