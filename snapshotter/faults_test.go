@@ -352,8 +352,7 @@ func TestDamagedTOCIsFetchedAgain(t *testing.T) {
 	// The registry does not answer at start: the layer is unavailable, then recovered.
 	r.fail.Store(true)
 	sn, store, metrics := open(root)
-	defer store.Close()
-	defer sn.Close()
+	defer func() { sn.Close(); store.Close() }() // the last ones opened
 	if got := testutil.ToFloat64(metrics.restores.WithLabelValues("degraded")); got != 1 {
 		t.Fatalf("degraded restores: %v", got)
 	}
@@ -430,5 +429,99 @@ func TestStopWithContainersRunningSaysWhatHappens(t *testing.T) {
 	}
 	if strings.Contains(all, "served until its last user lets go") {
 		t.Errorf("stopping says the layer is served on:\n%s", all)
+	}
+}
+
+// gatedResolver is a localResolver that cannot open blobs while fail is set and whose
+// blob opening number gate (counted once fail is cleared) waits until release is closed or its
+// context ends: the moment a layer being recovered was taken down and is about to be mounted again.
+type gatedResolver struct {
+	*localResolver
+	fail     atomic.Bool
+	opened   atomic.Int32
+	gate     int32
+	entered  chan struct{} // closed when the gated call starts
+	release  chan struct{}
+	returned chan error // the gated call's outcome
+}
+
+func (r *gatedResolver) OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor) (Blob, error) {
+	if r.fail.Load() {
+		return nil, errRegistryDown
+	}
+	if r.opened.Add(1) != r.gate {
+		return r.localResolver.OpenBlob(ctx, ref, desc)
+	}
+	close(r.entered)
+	var err error
+	select {
+	case <-r.release:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r.returned <- err
+	if err != nil {
+		return nil, err
+	}
+	return r.localResolver.OpenBlob(ctx, ref, desc)
+}
+
+// Stopping the daemon while a layer with a damaged TOC is being recovered leaves nothing
+// mounted: a recovery that had already taken the layer's unavailable form down does not
+// mount the layer again after Close unmounted everything, and Close returns only once the
+// recovery has stopped.
+func TestCloseDuringRecoveryLeavesNothingMounted(t *testing.T) {
+	requireRoot(t)
+	local, digests := newLocalResolver(t, []testlayer.Entry{testlayer.Reg("etc/app.conf", []byte("setting = 1\n"), 0o644)})
+	// Once the registry answers, the recovery opens the blob twice: to fetch the TOC again,
+	// then (the unavailable form taken down) to mount the layer. The second open waits.
+	r := &gatedResolver{localResolver: local, gate: 2, entered: make(chan struct{}), release: make(chan struct{}), returned: make(chan error, 1)}
+	ctx := namespaces.WithNamespace(context.Background(), "rill-test")
+	root := t.TempDir()
+	t.Cleanup(func() { // whatever the outcome, nothing stays mounted below the test's root
+		for _, m := range mountsUnder(t, root) {
+			unix.Unmount(m, unix.MNT_DETACH)
+		}
+	})
+	open := func() (*Snapshotter, *Metrics) {
+		metrics := NewMetrics()
+		sn, err := NewSnapshotter(ctx, root, WithResolver(r), WithMetrics(metrics), WithBackgroundRetry(time.Millisecond, 20*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sn, metrics
+	}
+	r.fail.Store(true) // no open is counted until the recovery
+	sn, _ := open()
+	d := digests[0]
+	if _, err := sn.Prepare(ctx, "extract", "", unpackLabels("chain", d, local.layers[d].conv.TOCDigest)); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	id := onlyLayer(t, sn).Snapshot
+	sn.Close()
+	if err := os.WriteFile(filepath.Join(root, "snapshots", id, tocFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	sn, metrics := open()
+	if !onlyLayer(t, sn).Unavailable {
+		t.Fatal("a layer with a damaged TOC is not shown unavailable while the registry does not answer")
+	}
+	r.fail.Store(false)
+	select {
+	case <-r.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the layer's recovery did not start within 30s")
+	}
+	sn.Close()
+	close(r.release)
+	if err := <-r.returned; err == nil {
+		// The recovery went on after Close: let it finish, to see what it leaves.
+		waitUntil(t, 30*time.Second, "the recovery to end", func() bool {
+			return testutil.ToFloat64(metrics.restores.WithLabelValues("recovered")) == 1
+		})
+	}
+	if left := mountsUnder(t, root); len(left) != 0 {
+		t.Errorf("mounted after Close: %v", left)
 	}
 }

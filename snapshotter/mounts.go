@@ -129,12 +129,26 @@ func (s *Snapshotter) removed(ctx context.Context, id string, ml *mountedLayer) 
 type remoteLayers struct {
 	mu     sync.Mutex
 	mounts map[string]*mountedLayer
+	closed bool // by closeAll: the snapshotter is closing
 }
 
-func (r *remoteLayers) add(id string, ml *mountedLayer) {
+// add tracks ml as layer id. Once the snapshotter is closing it unmounts ml instead (a layer
+// recovered or mounted while Close runs must not outlive it) and reports false.
+func (r *remoteLayers) add(id string, ml *mountedLayer) bool {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.mounts[id] = ml
+	closed := r.closed
+	if !closed {
+		r.mounts[id] = ml
+	}
+	r.mu.Unlock()
+	if closed {
+		ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
+		defer cancel()
+		if err := ml.unmount(ctx); err != nil {
+			log.L.WithError(err).WithField("id", id).Warn("unmount a streamed layer mounted while rill-snapshotter was stopping")
+		}
+	}
+	return !closed
 }
 
 func (r *remoteLayers) get(id string) *mountedLayer {
@@ -151,9 +165,11 @@ func (r *remoteLayers) take(id string) *mountedLayer {
 	return ml
 }
 
-func (r *remoteLayers) all() map[string]*mountedLayer {
+// closeAll returns every tracked layer and tracks no more: later adds unmount theirs.
+func (r *remoteLayers) closeAll() map[string]*mountedLayer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	all := r.mounts
 	r.mounts = map[string]*mountedLayer{}
 	return all
@@ -207,7 +223,7 @@ const closeUnmountWait = time.Second
 // running containers are served until the process exits.
 func (s *Snapshotter) unmountAll() {
 	var wg sync.WaitGroup
-	for id, ml := range s.remote.all() {
+	for id, ml := range s.remote.closeAll() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
 			defer cancel()

@@ -60,7 +60,7 @@ func (s *Snapshotter) restore(ctx context.Context) {
 			s.metrics.restores.WithLabelValues("degraded").Inc()
 			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until it is recovered (a damaged TOC is fetched again once the registry answers) or its image is removed and pulled again")
 			s.mountUnavailable(ctx, l.id)
-			go s.recoverUnavailable(l.id, l.parent)
+			s.recovering.Go(func() { s.recoverUnavailable(l.id, l.parent) })
 			continue
 		}
 		s.metrics.restores.WithLabelValues("ok").Inc()
@@ -98,7 +98,9 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch
 	if err != nil {
 		return err
 	}
-	s.remote.add(id, ml)
+	if !s.remote.add(id, ml) {
+		return errClosing
+	}
 	s.served(ctx, id, ml)
 	ml.mounted.Prefetch(rec.Prefetch) // what is still missing
 	s.startBackground(ml, rec.Original)
@@ -136,8 +138,9 @@ func (s *Snapshotter) restoreTOC(ctx context.Context, dir string, rec layerRecor
 
 // recoverUnavailable tries again, with backoff, to restore a layer mounted as unavailable
 // (its TOC damaged, the registry not answering at start), for as long as its snapshot is
-// there: once the registry answers, the layer is served again.
+// there: once the registry answers, the layer is served again. Close stops it (ctx).
 func (s *Snapshotter) recoverUnavailable(id, parent string) {
+	ctx := s.closing
 	wait := s.retryFirst
 	for {
 		ml := s.remote.get(id)
@@ -148,7 +151,6 @@ func (s *Snapshotter) recoverUnavailable(id, parent string) {
 			return
 		}
 		wait = min(2*wait, s.retryMax)
-		ctx := context.Background()
 		if err := s.fetchTOCAgain(ctx, id); err != nil {
 			log.L.WithError(err).WithField("id", id).Debug("streamed layer still not restorable")
 			continue // the unavailable form stays in place meanwhile
@@ -161,6 +163,9 @@ func (s *Snapshotter) recoverUnavailable(id, parent string) {
 			s.metrics.restores.WithLabelValues("recovered").Inc()
 			log.L.WithField("id", id).Info("streamed layer recovered: it is served again")
 			return
+		}
+		if ctx.Err() != nil {
+			return // closing: nothing is mounted again
 		}
 		log.L.WithError(err).WithField("id", id).Debug("streamed layer still not restorable")
 		s.mountUnavailable(ctx, id)

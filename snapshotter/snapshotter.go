@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -89,7 +90,16 @@ type Snapshotter struct {
 	recs            recordings
 	observer        LayerObserver
 	decisions       decisionLog
+
+	// Recovery of layers restored unavailable: closing ends when Close begins; Close waits
+	// for recovering.
+	closing    context.Context
+	beginClose context.CancelFunc
+	recovering sync.WaitGroup
 }
+
+// errClosing is returned by what would mount a layer while the snapshotter closes.
+var errClosing = errors.New("rill-snapshotter is stopping")
 
 var (
 	_ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -134,6 +144,7 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		observer: set.observer,
 		recs:     recordings{reports: newReporter(root, set.profileSender, set.nodeName)},
 	}
+	sn.closing, sn.beginClose = context.WithCancel(context.Background())
 	if sn.resolver != nil {
 		sn.health = newHostHealth(set.unhealthyFor, sn.metrics)
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits, set.prepareTimeout, sn.health)
@@ -284,7 +295,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 // Close unmounts the streamed layers and closes the metastore. Closing twice is harmless.
 func (s *Snapshotter) Close() error {
 	s.writePendingProfiles()
+	s.beginClose()
 	s.unmountAll()
+	s.recovering.Wait() // what a recovery still mounts is unmounted by remote.add
 	err := s.overlay.Close()
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("close metadata store: %w", err)
