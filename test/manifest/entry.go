@@ -45,6 +45,18 @@ type Entry struct {
 	// LinkGroup is, for a regular file with more than one name in the tree, the smallest of
 	// those names; empty otherwise. Equal LinkGroups mean the paths share one inode.
 	LinkGroup string
+	// Stat holds what stat(2) and getdents(2) answer beyond what a layer describes (the
+	// checker's -stat mode, compared with containerd's extraction, not with the layers).
+	Stat *Stat
+}
+
+// Stat is what a local file system answers beyond a layer's metadata.
+type Stat struct {
+	Blocks int64 // st_blocks (512-byte units)
+	// Directories only:
+	Size  int64  // st_size
+	Mtime int64  // nanoseconds since the epoch; -1 when not compared (the runtime changes it)
+	Dots  string // the "." and ".." entries a listing holds, comma-separated
 }
 
 // String returns the canonical line of e.
@@ -73,6 +85,15 @@ func (e Entry) String() string {
 	}
 	if e.LinkGroup != "" {
 		fmt.Fprintf(&b, " links=%s", strconv.Quote(e.LinkGroup))
+	}
+	if st := e.Stat; st != nil {
+		fmt.Fprintf(&b, " blocks=%d", st.Blocks)
+		if e.Type == TypeDir {
+			fmt.Fprintf(&b, " dirsize=%d dots=%q", st.Size, st.Dots)
+			if st.Mtime >= 0 {
+				fmt.Fprintf(&b, " dirmtime=%d.%09d", st.Mtime/1e9, st.Mtime%1e9)
+			}
+		}
 	}
 	return b.String()
 }

@@ -6,7 +6,9 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,12 +24,30 @@ import (
 	"github.com/rillstream/rill/test/manifest"
 )
 
+// With -stat it also prints what stat(2) and getdents(2) answer beyond a layer's metadata
+// (st_blocks, directories' st_size and mtime, the "." and ".." entries of listings) and the
+// root directory's mode and owner: for comparing a streamed root filesystem with containerd's
+// extraction of the same image.
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: checker PATH...")
+	args := os.Args[1:]
+	stat := len(args) > 0 && args[0] == "-stat"
+	if stat {
+		args = args[1:]
+	}
+	if len(args) < 1 {
+		fmt.Fprintln(os.Stderr, "usage: checker [-stat] PATH...")
 		os.Exit(2)
 	}
-	entries, err := walk(os.Args[1:])
+	entries, err := walk(args, stat)
+	if err == nil && stat {
+		var root manifest.Entry
+		// The runtime creates mountpoints in "/": its mtime is the container's, not the image's.
+		root, _, err = entryOf("/", stat)
+		if root.Stat != nil {
+			root.Stat.Mtime = -1
+		}
+		entries = append(entries, root)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "checker: %v\n", err)
 		os.Exit(1)
@@ -40,7 +60,7 @@ func main() {
 
 type inodeID struct{ dev, ino uint64 }
 
-func walk(roots []string) ([]manifest.Entry, error) {
+func walk(roots []string, stat bool) ([]manifest.Entry, error) {
 	var entries []manifest.Entry
 	inode := map[int]any{}
 	for _, root := range roots {
@@ -48,7 +68,7 @@ func walk(roots []string) ([]manifest.Entry, error) {
 			if err != nil {
 				return err
 			}
-			e, st, err := entryOf(p)
+			e, st, err := entryOf(p, stat)
 			if err != nil {
 				return err
 			}
@@ -66,7 +86,7 @@ func walk(roots []string) ([]manifest.Entry, error) {
 	return entries, nil
 }
 
-func entryOf(p string) (manifest.Entry, *syscall.Stat_t, error) {
+func entryOf(p string, stat bool) (manifest.Entry, *syscall.Stat_t, error) {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return manifest.Entry{}, nil, fmt.Errorf("lstat %s: %w", p, err)
@@ -105,7 +125,49 @@ func entryOf(p string) (manifest.Entry, *syscall.Stat_t, error) {
 		return e, nil, err
 	}
 	e.Xattrs = xattrs
+	if stat {
+		e.Stat = &manifest.Stat{Blocks: st.Blocks}
+		if e.Type == manifest.TypeDir {
+			e.Stat.Size, e.Stat.Mtime = st.Size, st.Mtim.Sec*1e9+st.Mtim.Nsec
+			if e.Stat.Dots, err = dots(p); err != nil {
+				return e, nil, err
+			}
+		}
+	}
 	return e, &st, nil
+}
+
+// dots returns the "." and ".." entries that directory p's listing holds (os.ReadDir and
+// syscall.ParseDirent leave them out), comma-separated in the order listed.
+func dots(p string) (string, error) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("opening directory %s: %w", p, err)
+	}
+	defer unix.Close(fd)
+	var found []string
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			return "", fmt.Errorf("listing %s: %w", p, err)
+		}
+		if n == 0 {
+			return strings.Join(found, ","), nil
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name (NUL-terminated).
+		for off := 0; off < n; {
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			name := buf[off+19 : off+reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if s := string(name); s == "." || s == ".." {
+				found = append(found, s)
+			}
+			off += reclen
+		}
+	}
 }
 
 func hashFile(p string) (string, error) {
