@@ -79,12 +79,17 @@ func startHolder(ctx context.Context, opts Options, log *logrus.Entry) error {
 	var exitErr error
 	go func() { // reap it whenever it ends, while this process lives
 		exitErr = cmd.Wait()
-		log.WithError(exitErr).Warn("the fd-holder this process started exited: descriptors it kept are gone")
+		var ee *exec.ExitError
+		if errors.As(exitErr, &ee) && ee.ExitCode() == 3 {
+			log.Info("the fd-holder this process started found another one serving the socket, and left")
+		} else {
+			log.WithError(exitErr).Warn("the fd-holder this process started exited: descriptors it kept are gone")
+		}
 		close(exited)
 	}()
 
-	// Wait until the socket accepts. If our holder exits first, another one started at the
-	// same time may have won the socket: keep trying a little longer.
+	// Wait until the socket accepts. If our holder exits with status 3, another one started at
+	// the same time won the socket: wait for that one.
 	until := deadline(ctx)
 	pause := 2 * time.Millisecond
 	for {
@@ -95,16 +100,14 @@ func startHolder(ctx context.Context, opts Options, log *logrus.Entry) error {
 		}
 		select {
 		case <-exited:
-			if grace := time.Now().Add(time.Second); grace.Before(until) {
-				until = grace
+			var ee *exec.ExitError
+			if !errors.As(exitErr, &ee) || ee.ExitCode() != 3 {
+				return fmt.Errorf("start fd-holder: it exited (%v) before %s accepted: see %s", exitErr, socket, logPath)
 			}
 			exited = nil
 		default:
 		}
 		if !time.Now().Add(pause).Before(until) {
-			if exited == nil {
-				return fmt.Errorf("start fd-holder: it exited (%v) before %s accepted: see %s", exitErr, socket, logPath)
-			}
 			return fmt.Errorf("start fd-holder: %s does not accept (%w): see %s", socket, err, logPath)
 		}
 		select {

@@ -6,11 +6,33 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
+
+// closeInherited closes the descriptors this process inherited without close-on-exec (Go
+// opens its own with it): a holder must keep only what it is given, never, say, a pipe of
+// the daemon that started it.
+func closeInherited() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < 3 {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd)
+		}
+	}
+}
 
 // HolderMain is the `fd-holder` subcommand: the binary that calls Open must run it when started
 // as `BINARY fd-holder --socket PATH [--max-fds N]` (Options.HolderCommand). It logs to stderr,
@@ -36,6 +58,7 @@ func HolderMain(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fd-holder: unexpected argument %q\n", fl.Arg(0))
 		return 2
 	}
+	closeInherited()
 	logger := logrus.New()
 	logger.SetOutput(stderr)
 	logger.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000000000Z07:00"})
