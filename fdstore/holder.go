@@ -368,7 +368,7 @@ func (h *holder) list(c *net.UnixConn) error {
 		c.SetWriteDeadline(time.Now().Add(h.cfg.idle))
 		// A concurrent Remove may have closed f: sendFile then fails on f, not on c; skip it.
 		if err := sendFile(c, listEntry(names[i]), f); err != nil {
-			if errors.Is(err, os.ErrClosed) {
+			if errors.Is(err, errFileClosed) {
 				continue
 			}
 			return err

@@ -144,6 +144,9 @@ func parseRights(oob []byte) []int {
 	return fds
 }
 
+// errFileClosed is sendFile's error when the file to send is closed.
+var errFileClosed = errors.New("descriptor closed")
+
 // sendFile sends text with f's descriptor attached (or no descriptor when f is nil). It holds a
 // reference on f while sending, so a concurrent Close cannot make the number name another file.
 func sendFile(c *net.UnixConn, text string, f *os.File) error {
@@ -153,13 +156,13 @@ func sendFile(c *net.UnixConn, text string, f *os.File) error {
 	}
 	raw, err := f.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("descriptor %s: %w", f.Name(), err)
+		return fmt.Errorf("%w: %s: %w", errFileClosed, f.Name(), err)
 	}
 	var sendErr error
 	if err := raw.Control(func(fd uintptr) {
 		_, _, sendErr = c.WriteMsgUnix([]byte(text), unix.UnixRights(int(fd)), nil)
 	}); err != nil {
-		return fmt.Errorf("descriptor %s: %w", f.Name(), err)
+		return fmt.Errorf("%w: %s: %w", errFileClosed, f.Name(), err)
 	}
 	return sendErr
 }
