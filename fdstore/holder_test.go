@@ -190,7 +190,7 @@ func TestHolderRefusesBadRequests(t *testing.T) {
 		{"long name", "FDSTORE=1\nFDNAME=" + strings.Repeat("n", MaxNameLen+1), []int{wfd}, "at most 255"},
 		{"no descriptor", "FDSTORE=1\nFDNAME=x", nil, "carries 0 descriptors"},
 		{"two descriptors", "FDSTORE=1\nFDNAME=x", []int{wfd, wfd}, "carries 2 descriptors"},
-		{"too many descriptors", "FDSTORE=1\nFDNAME=x", many, "more than 16 descriptors"},
+		{"too many descriptors", "FDSTORE=1\nFDNAME=x", many, "more than 16 in one message"},
 		{"remove with a descriptor", "FDSTOREREMOVE=1\nFDNAME=x", []int{wfd}, "send none"},
 		{"list with a descriptor", "LIST=1", []int{wfd}, "send none"},
 	} {
@@ -301,6 +301,60 @@ func TestConcurrentStartsShareOneHolder(t *testing.T) {
 	}
 	w.Close()
 	stillOpen(t, r)
+}
+
+// A daemon whose holder is slow to start, while another daemon's holder starts serving, waits
+// until its own holder has left: left running, it would take over the socket the day the
+// serving holder stops.
+func TestSlowLoserHolderLeavesBeforeOpenReturns(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "fd.sock")
+	stopHolderAtEnd(t, socket)
+	slow := []string{"sh", "-c", `sleep 1; exec "$0" "$@"`, os.Args[0], "fd-holder"}
+	slowDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, _, err := Open(ctx, Options{Mode: ModeHolder, HolderSocket: socket, HolderCommand: slow, Log: quietLog()})
+		if err == nil {
+			s.Close()
+		}
+		slowDone <- err
+	}()
+	for until := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if _, err := os.Stat(socket + ".log"); err == nil {
+			break // the slow daemon found no holder and started its own
+		}
+		if time.Now().After(until) {
+			t.Fatal("the slow daemon did not start a holder")
+		}
+	}
+	openHolderStore(t, socket) // starts a quick holder, which serves
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	if procs := processesNaming(t, socket); len(procs) != 1 || procs[0] != holderPid(t, socket) {
+		t.Fatalf("processes naming the socket: %v, want only the serving holder %d", procs, holderPid(t, socket))
+	}
+}
+
+// processesNaming lists the processes whose command line names s.
+func processesNaming(t *testing.T, s string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && strings.Contains(string(cmdline), s) && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // A holder killed with SIGKILL leaves its socket file behind; the next Open starts a new one.

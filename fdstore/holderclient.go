@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,6 +97,7 @@ func startHolder(ctx context.Context, opts Options, log *logrus.Entry) error {
 		c, err := net.DialTimeout("unixpacket", socket, time.Until(until))
 		if err == nil {
 			c.Close()
+			waitLoser(cmd.Process, socket, exited, until, log)
 			return nil
 		}
 		select {
@@ -116,6 +118,31 @@ func startHolder(ctx context.Context, opts Options, log *logrus.Entry) error {
 			return fmt.Errorf("start fd-holder: %w", ctx.Err())
 		}
 		pause = min(2*pause, 100*time.Millisecond)
+	}
+}
+
+// waitLoser returns once the holder we started either serves socket (its pid is in the
+// pidfile) or has left. A holder that lost the start to another one leaves (status 3), but
+// only once it reached the lock: left running, it would take over the socket the day the
+// serving holder stops. One that has not left by the deadline is killed: it keeps nothing.
+func waitLoser(p *os.Process, socket string, exited <-chan struct{}, until time.Time, log *logrus.Entry) {
+	for {
+		if b, err := os.ReadFile(socket + ".pid"); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(p.Pid) {
+			return
+		}
+		if exited == nil {
+			return
+		}
+		select {
+		case <-exited:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(until) {
+			log.Warn("the fd-holder this process started neither serves nor leaves while another one serves: killing it")
+			p.Kill()
+			return
+		}
 	}
 }
 

@@ -237,10 +237,26 @@ func holderGone(t *testing.T, socket string) {
 			return
 		}
 		if time.Now().After(until) {
-			t.Fatalf("the holder on %s did not stop", socket)
+			t.Fatalf("the holder on %s did not stop\n%s", socket, holderDiagnostics(socket))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// holderDiagnostics describes a holder that does not behave: its pidfile, its process, and its
+// log with a goroutine dump (SIGQUIT).
+func holderDiagnostics(socket string) string {
+	pidText, _ := os.ReadFile(socket + ".pid")
+	out := fmt.Sprintf("pidfile: %q\n", pidText)
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(pidText))); err == nil && pid > 1 {
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		out += fmt.Sprintf("process %d:\n%s\n", pid, status)
+		unix.Kill(pid, unix.SIGQUIT)
+		time.Sleep(time.Second)
+	}
+	locks, _ := os.ReadFile("/proc/locks")
+	log, _ := os.ReadFile(socket + ".log")
+	return out + fmt.Sprintf("/proc/locks:\n%s\nlog:\n%s", locks, log)
 }
 
 // stopHolderAtEnd stops the holder serving socket when the test ends.

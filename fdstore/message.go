@@ -104,7 +104,7 @@ func (r *received) check() error {
 		return fmt.Errorf("message larger than %d bytes: requests are a few KEY=VALUE lines", maxMessage)
 	}
 	if r.flags&unix.MSG_CTRUNC != 0 {
-		return fmt.Errorf("more than %d descriptors in one message: send one descriptor per FDSTORE", maxMessageFDs)
+		return fmt.Errorf("descriptors lost in transit: more than %d in one message (send one per FDSTORE), or the receiver ran out of descriptors (RLIMIT_NOFILE)", maxMessageFDs)
 	}
 	return nil
 }
