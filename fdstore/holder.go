@@ -49,8 +49,8 @@ type keptFile struct {
 	fd int
 }
 
-// RunHolder is the fd-holder: it serves socket (SOCK_SEQPACKET, mode 0600, clients of this
-// user only) until ctx ends, keeping the descriptors it is given by name. It refuses to start,
+// RunHolder is the fd-holder: it serves socket (SOCK_SEQPACKET, mode 0600, clients running as
+// root or as its own user) until ctx ends, keeping the descriptors it is given by name. It refuses to start,
 // with ErrHolderRunning, when another holder serves socket (it holds a lock on socket+".pid",
 // which names its pid). When ctx ends it removes the socket and the pidfile and closes
 // every kept descriptor. The protocol is in the package documentation.
