@@ -82,6 +82,9 @@ func loadConfig(o options) (config.Config, error) {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if code, ok := runSubcommand(args, stderr); ok {
+		return code
+	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -97,6 +97,11 @@ func TestInstallScript(t *testing.T) {
 		{"Unit", "Before", "containerd.service"},
 		// ...and enabled on its own, not as a requirement of containerd.
 		{"Install", "WantedBy", "multi-user.target"},
+		// systemd keeps the FUSE descriptors across restarts (fdstore), and a restart kills
+		// the daemon only, not what it started.
+		{"Service", "FileDescriptorStoreMax", "4096"},
+		{"Service", "FileDescriptorStorePreserve", "yes"},
+		{"Service", "KillMode", "process"},
 	} {
 		if !slices.Contains(unit[c.section][c.key], c.want) {
 			t.Errorf("unit: [%s] %s lacks %q (has %q)", c.section, c.key, c.want, unit[c.section][c.key])
