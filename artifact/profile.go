@@ -11,6 +11,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -42,6 +43,17 @@ const maxDecodedProfileSize = 16 << 20
 // maxProfileFileSize bounds the profile file ParseProfile reads.
 const maxProfileFileSize = 64 << 20
 
+// ProfileFile is a prefetch profile as a node records it (root/profiles/<name>.json) and as
+// `rill create --prefetch-profile` reads it (ParseProfile).
+type ProfileFile struct {
+	// Image is the reference the node pulled.
+	Image string `json:"image"`
+	// Recorded is when the profile was written.
+	Recorded time.Time `json:"recorded"`
+	// Paths are the files first opened, in first-access order.
+	Paths []string `json:"paths"`
+}
+
 // ParseProfile reads a prefetch profile: a JSON array of paths, a JSON object with a "paths"
 // array (as rill's node side records it), or plain text with one path per line ("#" starts a
 // comment line). Paths are made relative to the image root ("/usr/bin/x" and "./usr/bin/x"
@@ -63,9 +75,7 @@ func ParseProfile(r io.Reader) ([]string, error) {
 			return nil, fmt.Errorf("parse prefetch profile (a JSON array of paths): %w", err)
 		}
 	case bytes.HasPrefix(trimmed, []byte("{")):
-		var doc struct {
-			Paths []string `json:"paths"`
-		}
+		var doc ProfileFile
 		if err := json.Unmarshal(trimmed, &doc); err != nil {
 			return nil, fmt.Errorf("parse prefetch profile (a JSON object with \"paths\"): %w", err)
 		}

@@ -22,9 +22,9 @@ func quiet() *logrus.Entry {
 }
 
 // openStore opens a store in dir and closes it at the end of the test.
-func openStore(t testing.TB, dir string, opts ...Opt) *Store {
+func openStore(t testing.TB, dir string, opts ...Option) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), dir, append([]Opt{WithLogger(quiet())}, opts...)...)
+	s, err := Open(context.Background(), dir, append([]Option{WithLogger(quiet())}, opts...)...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

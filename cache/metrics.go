@@ -10,7 +10,8 @@ const (
 )
 
 // Metrics are the cache's Prometheus collectors. A Store creates its own; the daemon registers
-// them with reg.MustRegister(store.Metrics()). Nothing is registered globally.
+// them with reg.MustRegister(store.Metrics().Collectors()...) (Metrics is also a Collector
+// itself). Nothing is registered globally.
 type Metrics struct {
 	BytesStored   prometheus.Gauge       // bytes the cache occupies on disk
 	HitBytes      prometheus.Counter     // bytes served by ReadAt
@@ -65,19 +66,20 @@ func newMetrics() *Metrics {
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range m.collectors() {
+	for _, c := range m.Collectors() {
 		c.Describe(ch)
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range m.collectors() {
+	for _, c := range m.Collectors() {
 		c.Collect(ch)
 	}
 }
 
-func (m *Metrics) collectors() []prometheus.Collector {
+// Collectors returns the collectors to register, as the other packages' Metrics do.
+func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.BytesStored, m.HitBytes, m.MissBytes, m.Evictions, m.EvictedBytes, m.WriteErrors, m.CheckFailures, m.DiskFull}
 }
 

@@ -37,8 +37,8 @@ const (
 	maxFileSize = 1 << 48
 )
 
-// Opt configures a Store.
-type Opt func(*options)
+// Option configures a Store.
+type Option func(*options)
 
 type options struct {
 	budget int64
@@ -47,12 +47,12 @@ type options struct {
 
 // WithBudget bounds the bytes the cache may occupy on disk; 0 means unlimited. When a write
 // would exceed it, the least recently used files of unpinned layers are evicted.
-func WithBudget(bytes int64) Opt {
+func WithBudget(bytes int64) Option {
 	return func(o *options) { o.budget = max(bytes, 0) }
 }
 
 // WithLogger sets the logger (default: logrus's standard logger).
-func WithLogger(l *logrus.Entry) Opt {
+func WithLogger(l *logrus.Entry) Option {
 	return func(o *options) { o.log = l }
 }
 
@@ -90,7 +90,7 @@ type Store struct {
 // Open opens (creating it if needed) the cache in dir and loads what it holds. Journals with
 // torn tails are cut back to their last good record, data files no record describes are
 // deleted, and every recorded range starts unchecked: its first read verifies it.
-func Open(ctx context.Context, dir string, opts ...Opt) (*Store, error) {
+func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 	s := &Store{
 		dir:     dir,
 		metrics: newMetrics(),

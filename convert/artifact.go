@@ -130,15 +130,6 @@ func isImageConfigType(mt string) bool {
 	return mt == ocispec.MediaTypeImageConfig || mt == images.MediaTypeDockerSchema2Config
 }
 
-// isManifestType and isIndexType accept the OCI and Docker schema 2 media types.
-func isManifestType(mt string) bool {
-	return mt == ocispec.MediaTypeImageManifest || mt == images.MediaTypeDockerSchema2Manifest
-}
-
-func isIndexType(mt string) bool {
-	return mt == ocispec.MediaTypeImageIndex || mt == images.MediaTypeDockerSchema2ManifestList
-}
-
 // isConvertibleLayer reports whether a layer of media type mt is a gzip or plain tar layer
 // rill converts. zstd, encrypted and non-distributable layers are not.
 func isConvertibleLayer(mt string) bool {
@@ -148,28 +139,4 @@ func isConvertibleLayer(mt string) bool {
 		return true
 	}
 	return false
-}
-
-// artifactMatches checks that the artifact manifest s streams the image manifest m: subject,
-// type, and layers in the same count and order with the original digests recorded. The node
-// applies the same rule to referrers.
-func artifactMatches(s ocispec.Manifest, subject ocispec.Descriptor, m ocispec.Manifest) error {
-	if s.ArtifactType != artifact.ArtifactType {
-		return fmt.Errorf("artifactType is %q, not %q", s.ArtifactType, artifact.ArtifactType)
-	}
-	if s.Subject == nil || s.Subject.Digest != subject.Digest {
-		return fmt.Errorf("its subject is not %s", subject.Digest)
-	}
-	if len(s.Layers) != len(m.Layers) {
-		return fmt.Errorf("it has %d layers, the image %d", len(s.Layers), len(m.Layers))
-	}
-	for i, l := range s.Layers {
-		if got := l.Annotations[artifact.AnnotationOriginalDigest]; got != m.Layers[i].Digest.String() {
-			return fmt.Errorf("layer %d was converted from %q, not from the image's %s", i, got, m.Layers[i].Digest)
-		}
-		if l.Annotations[artifact.AnnotationTOCDigest] == "" {
-			return fmt.Errorf("layer %d has no TOC digest", i)
-		}
-	}
-	return nil
 }

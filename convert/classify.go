@@ -55,7 +55,7 @@ func ClassifyManifest(mediaType string, raw []byte) ManifestKind {
 		mediaType = m.MediaType
 	}
 	switch {
-	case isIndexType(mediaType) || (mediaType == "" && m.Manifests != nil):
+	case artifact.IsIndex(mediaType) || (mediaType == "" && m.Manifests != nil):
 		if _, ok := m.Annotations[artifact.AnnotationBoundFrom]; ok {
 			return KindBinding
 		}
@@ -78,7 +78,7 @@ func ClassifyManifest(mediaType string, raw []byte) ManifestKind {
 			return KindOther // a referrers index, or an index-shaped artifact
 		}
 		return KindImage
-	case isManifestType(mediaType) || (mediaType == "" && m.Config != nil):
+	case artifact.IsManifest(mediaType) || (mediaType == "" && m.Config != nil):
 		if m.ArtifactType == artifact.ArtifactType || (m.Config != nil && m.Config.MediaType == artifact.ArtifactType) {
 			return KindStreamingArtifact
 		}

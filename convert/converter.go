@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"errors"
 
 	"github.com/rillstream/rill/remote"
@@ -10,14 +11,12 @@ import (
 // for concurrent use.
 type Converter struct {
 	reg  *remote.Registry
-	del  *deleter
 	opts options
 }
 
-// New returns a Converter that reaches registries through reg. access must describe how reg
-// was built (hosts directory, credentials, default scheme): deletes, which remote does not
-// offer, are sent with it directly.
-func New(reg *remote.Registry, access Access, opts ...Option) (*Converter, error) {
+// New returns a Converter that reaches registries through reg: every request, deletes and
+// tag listings too, goes through it.
+func New(reg *remote.Registry, opts ...Option) (*Converter, error) {
 	if reg == nil {
 		return nil, errors.New("convert: no registry")
 	}
@@ -28,5 +27,12 @@ func New(reg *remote.Registry, access Access, opts ...Option) (*Converter, error
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	return &Converter{reg: reg, del: newDeleter(access), opts: o}, nil
+	return &Converter{reg: reg, opts: o}, nil
+}
+
+// Tags lists the tags of the repository name (host/repository), following the registry's
+// pagination. NotFound when the repository does not exist.
+func (c *Converter) Tags(ctx context.Context, name string) ([]string, error) {
+	tags, err := c.reg.Tags(ctx, name)
+	return tags, authError(err)
 }

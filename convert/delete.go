@@ -74,12 +74,12 @@ func (c *Converter) Delete(ctx context.Context, ref string, streamingOnly bool) 
 		if err := c.deleteTagged(ctx, r.name, r.tag, im.desc.Digest); err != nil {
 			return res, err
 		}
-	} else if err := c.deleteIgnoringMissing(ctx, r.name, im.desc.Digest.String()); err != nil {
+	} else if err := c.deleteIgnoringMissing(ctx, r.at(im.desc.Digest)); err != nil {
 		return res, err
 	}
 	res.Manifests = append(res.Manifests, im.desc.Digest)
 	for _, a := range artifacts {
-		if err := c.deleteIgnoringMissing(ctx, r.name, a.artifact.String()); err != nil {
+		if err := c.deleteIgnoringMissing(ctx, r.at(a.artifact)); err != nil {
 			return res, err
 		}
 		res.Artifacts = append(res.Artifacts, a.artifact)
@@ -88,7 +88,7 @@ func (c *Converter) Delete(ctx context.Context, ref string, streamingOnly bool) 
 		if pm.desc.Digest == im.desc.Digest {
 			continue
 		}
-		if err := c.deleteIgnoringMissing(ctx, r.name, pm.desc.Digest.String()); err != nil {
+		if err := c.deleteIgnoringMissing(ctx, r.at(pm.desc.Digest)); err != nil {
 			return res, err
 		}
 		res.Manifests = append(res.Manifests, pm.desc.Digest)
@@ -99,7 +99,7 @@ func (c *Converter) Delete(ctx context.Context, ref string, streamingOnly bool) 
 		}
 	}
 	if from := boundFrom(im); from != im.desc.Digest && im.index != nil {
-		if err := c.deleteIgnoringMissing(ctx, r.name, from.String()); err != nil {
+		if err := c.deleteIgnoringMissing(ctx, r.at(from)); err != nil {
 			return res, err
 		}
 	}
@@ -109,7 +109,7 @@ func (c *Converter) Delete(ctx context.Context, ref string, streamingOnly bool) 
 // removeArtifact deletes the artifact manifest s of subject m and drops it from m's referrers
 // fallback index.
 func (c *Converter) removeArtifact(ctx context.Context, r imageRef, m, s digest.Digest) error {
-	if err := c.deleteIgnoringMissing(ctx, r.name, s.String()); err != nil {
+	if err := c.deleteIgnoringMissing(ctx, r.at(s)); err != nil {
 		return err
 	}
 	if m == "" {
@@ -138,15 +138,16 @@ func (c *Converter) deleteFallback(ctx context.Context, r imageRef, m digest.Dig
 // (and keep the manifest under its digest), some delete only by digest (and drop the tags
 // with it): both are asked.
 func (c *Converter) deleteTagged(ctx context.Context, name, tag string, d digest.Digest) error {
-	err := c.del.deleteManifest(ctx, name, tag)
+	err := c.reg.DeleteManifest(ctx, name+":"+tag)
 	if err != nil && !errdefs.IsNotFound(err) && !errdefs.IsNotImplemented(err) {
 		return err
 	}
-	return c.deleteIgnoringMissing(ctx, name, d.String())
+	return c.deleteIgnoringMissing(ctx, name+"@"+d.String())
 }
 
-func (c *Converter) deleteIgnoringMissing(ctx context.Context, name, object string) error {
-	err := c.del.deleteManifest(ctx, name, object)
+// deleteIgnoringMissing deletes the manifest ref names; one already gone is no error.
+func (c *Converter) deleteIgnoringMissing(ctx context.Context, ref string) error {
+	err := c.reg.DeleteManifest(ctx, ref)
 	if err == nil || errdefs.IsNotFound(err) {
 		return nil
 	}

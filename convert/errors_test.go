@@ -156,7 +156,7 @@ func TestRefusedAuth(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := New(reg, Access{Credentials: who.creds}, WithTempDir(t.TempDir()))
+			c, err := New(reg, WithTempDir(t.TempDir()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -170,7 +170,7 @@ func TestRefusedAuth(t *testing.T) {
 		})
 	}
 	// With the right credentials everything works, deletes included.
-	c, err := New(good, Access{Credentials: creds("rill", "right")}, WithTempDir(t.TempDir()))
+	c, err := New(good, WithTempDir(t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}

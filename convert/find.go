@@ -73,20 +73,13 @@ func (c *Converter) artifactsOf(ctx context.Context, ref imageRef, pm *platformM
 	return out, nil
 }
 
+// sortArtifacts puts as in the order of choice (artifact.Before).
 func sortArtifacts(as []Artifact) {
-	sort.Slice(as, func(i, j int) bool {
-		a, b := as[i], as[j]
-		if (a.Problem == "") != (b.Problem == "") {
-			return a.Problem == ""
-		}
-		if a.Bound != b.Bound {
-			return a.Bound
-		}
-		if !a.Created.Equal(b.Created) {
-			return a.Created.After(b.Created)
-		}
-		return a.Descriptor.Digest < b.Descriptor.Digest
-	})
+	sort.Slice(as, func(i, j int) bool { return artifact.Before(as[i].candidate(), as[j].candidate()) })
+}
+
+func (a Artifact) candidate() artifact.Candidate {
+	return artifact.Candidate{Digest: a.Descriptor.Digest, Created: a.Created, Bound: a.Bound, Usable: a.Problem == ""}
 }
 
 // chosen returns the artifact nodes use for M: the first usable one, or nil.
@@ -124,9 +117,7 @@ func (c *Converter) readArtifact(ctx context.Context, ref imageRef, pm *platform
 		Size:       d.Size + m.Config.Size,
 		manifest:   m,
 	}
-	if t, err := time.Parse(time.RFC3339, m.Annotations[artifact.AnnotationCreated]); err == nil {
-		a.Created = t
-	}
+	a.Created = artifact.Created(m.Annotations)
 	for _, l := range m.Layers {
 		a.Size += l.Size
 	}
@@ -135,17 +126,20 @@ func (c *Converter) readArtifact(ctx context.Context, ref imageRef, pm *platform
 			a.ProfileEntries = len(paths)
 		}
 	}
+	var image *ocispec.Manifest // M's layers, when read
 	if pm.raw != nil {
 		a.OriginalSize = pm.desc.Size + pm.manifest.Config.Size
 		for _, l := range pm.manifest.Layers {
 			a.OriginalSize += l.Size
 		}
-		if err := artifactMatches(m, pm.desc, pm.manifest); err != nil {
-			a.Problem = err.Error()
-		}
+		image = &pm.manifest
 	}
-	if a.Problem == "" && pm.desc.Platform != nil && a.Platform != platforms.Format(pm.platform) {
-		a.Problem = fmt.Sprintf("made for platform %q, the image is %s", a.Platform, platforms.Format(pm.platform))
+	platform := "" // M's platform, when known
+	if pm.raw != nil || pm.desc.Platform != nil {
+		platform = platforms.Format(pm.platform)
+	}
+	if err := artifact.Streams(m, pm.desc.Digest, image, platform); err != nil {
+		a.Problem = err.Error()
 	}
 	return a, nil
 }

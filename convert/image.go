@@ -112,7 +112,7 @@ func (c *Converter) loadImage(ctx context.Context, ref imageRef, want platforms.
 	}
 	im := &image{ref: ref, desc: desc}
 	switch {
-	case isIndexType(desc.MediaType):
+	case artifact.IsIndex(desc.MediaType):
 		im.raw, err = c.reg.FetchManifest(ctx, ref.at(desc.Digest), desc)
 		if err != nil {
 			return nil, err
@@ -123,7 +123,7 @@ func (c *Converter) loadImage(ctx context.Context, ref imageRef, want platforms.
 		}
 		im.index = &idx
 		for _, d := range idx.Manifests {
-			if d.ArtifactType == artifact.ArtifactType || d.Platform == nil || platformEqual(*d.Platform, artifactPlatform) || !isManifestType(d.MediaType) {
+			if d.ArtifactType == artifact.ArtifactType || d.Platform == nil || platformEqual(*d.Platform, artifactPlatform) || !artifact.IsManifest(d.MediaType) {
 				continue
 			}
 			pm := &platformManifest{desc: d, platform: *d.Platform}
@@ -132,7 +132,7 @@ func (c *Converter) loadImage(ctx context.Context, ref imageRef, want platforms.
 			}
 			im.manifests = append(im.manifests, pm)
 		}
-	case isManifestType(desc.MediaType):
+	case artifact.IsManifest(desc.MediaType):
 		pm := &platformManifest{desc: desc}
 		if err := c.readManifest(ctx, ref, pm); err != nil {
 			return nil, err

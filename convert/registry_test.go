@@ -44,7 +44,7 @@ func testConverter(t testing.TB, reg *remote.Registry, opts ...Option) *Converte
 		WithTempDir(t.TempDir()),
 		WithClock(func() time.Time { clock = clock.Add(time.Second); return clock }),
 	}
-	c, err := New(reg, Access{Credentials: remote.Anonymous()}, append(base, opts...)...)
+	c, err := New(reg, append(base, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,7 @@ func (c *Converter) boundElsewhere(ctx context.Context, r imageRef, ds []digest.
 		if err != nil {
 			return keepAll(err)
 		}
-		if !isIndexType(desc.MediaType) {
+		if !artifact.IsIndex(desc.MediaType) {
 			continue
 		}
 		raw, err := c.reg.FetchManifest(ctx, t.at(desc.Digest), desc)

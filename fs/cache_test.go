@@ -129,7 +129,7 @@ func (cl *cachedLayer) mount(t *testing.T, blob io.ReaderAt, opts MountOptions) 
 
 // openCache opens the cache in dir and acquires the layer's handle, as the snapshotter does
 // for a mounted layer (Mount pins it); the returned function releases both.
-func (cl *cachedLayer) openCache(t *testing.T, dir string, opts ...cache.Opt) (*cache.Store, *cache.Layer, func()) {
+func (cl *cachedLayer) openCache(t *testing.T, dir string, opts ...cache.Option) (*cache.Store, *cache.Layer, func()) {
 	t.Helper()
 	s, err := cache.Open(context.Background(), dir, opts...)
 	if err != nil {

@@ -13,6 +13,8 @@
 //     [Registry.FetchManifest], [Registry.FetchBlob], [SelectPlatform]);
 //   - referrers, through the referrers API or the OCI tag-schema fallback, and the write side
 //     ([Registry.Referrers], [Registry.PushBlob], [Registry.PushManifest]);
+//   - a repository's tags and manifest deletes ([Registry.Tags], [Registry.DeleteManifest]),
+//     asked of the upstream, the last host configured;
 //   - range reads of blobs ([BlobReader]): the redirect target is discovered with the first
 //     ranged GET and refreshed when it expires, neighbouring ranges are coalesced and sent as
 //     one multi-range request where the host allows it, every response is checked so that no

@@ -15,27 +15,6 @@ import (
 	rillfs "github.com/rillstream/rill/fs"
 )
 
-// WithBackgroundFetch makes every streamed layer complete in the background (after its
-// prefetch and delay, yielding to reads) and checks a streaming artifact's layer against the
-// original. The delay keeps the background fetch off the link while a container starts: reads
-// only wait for requests to start, not for bandwidth shared with a transfer in flight.
-func WithBackgroundFetch(on bool, delay time.Duration) Opt {
-	return func(s *settings) { s.background, s.backgroundDelay = on, delay }
-}
-
-// WithBackgroundRetry sets how a background fetch that failed (the registry down, a
-// response corrupt) is resumed: after first, doubling up to max, each wait jittered by ±20%,
-// for as long as the layer is mounted. Defaults: 1 s and 5 min.
-func WithBackgroundRetry(first, max time.Duration) Opt {
-	return func(s *settings) { s.retryFirst, s.retryMax = first, max }
-}
-
-// Default backoff of a background fetch that failed.
-const (
-	defaultRetryFirst = time.Second
-	defaultRetryMax   = 5 * time.Minute
-)
-
 // startBackground makes the layer complete in the background and handles the verdict: a layer
 // that does not decompress to the original raises the alarm — logged, counted, and its blob
 // never streamed again. A fetch that fails for any other reason resumes after a backoff, for

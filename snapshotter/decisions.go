@@ -4,32 +4,20 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opencontainers/go-digest"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // maxDecisions bounds the record of recent decisions: the oldest go first.
 const maxDecisions = 512
 
-// Decision is one stream-or-full-pull decision for an image layer, as `rill why` shows it.
-type Decision struct {
-	Time     time.Time     `json:"time"`
-	ImageRef string        `json:"imageRef"`
-	Manifest digest.Digest `json:"manifest,omitempty"`
-	Layer    digest.Digest `json:"layer,omitempty"`
-	// Result is "stream" or "fallback" (pulled in full).
-	Result string `json:"result"`
-	Reason string `json:"reason"`
-	Error  string `json:"error,omitempty"`
-}
-
 // decisionLog keeps the latest decisions in a ring; its zero value is empty and ready.
 type decisionLog struct {
 	mu   sync.Mutex
-	ring []Decision
+	ring []status.Decision
 	next int // where the next decision goes once the ring is full
 }
 
-func (l *decisionLog) add(d Decision) {
+func (l *decisionLog) add(d status.Decision) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.ring) < maxDecisions {
@@ -41,20 +29,20 @@ func (l *decisionLog) add(d Decision) {
 }
 
 // list returns the decisions, oldest first.
-func (l *decisionLog) list() []Decision {
+func (l *decisionLog) list() []status.Decision {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]Decision, 0, len(l.ring))
+	out := make([]status.Decision, 0, len(l.ring))
 	out = append(out, l.ring[l.next:]...)
 	return append(out, l.ring[:l.next]...)
 }
 
 // Decisions returns the latest decisions (at most 512), oldest first: why each recently
 // prepared image layer streams or was pulled in full.
-func (s *Snapshotter) Decisions() []Decision { return s.decisions.list() }
+func (s *Snapshotter) Decisions() []status.Decision { return s.decisions.list() }
 
-func (s *Snapshotter) decide(l LayerLabels, result, reason string, err error) {
-	d := Decision{Time: time.Now().UTC(), ImageRef: l.ImageRef, Manifest: l.Manifest, Layer: l.Layer, Result: result, Reason: reason}
+func (s *Snapshotter) logDecision(l LayerLabels, result, reason string, err error) {
+	d := status.Decision{Time: time.Now().UTC(), ImageRef: l.ImageRef, Manifest: l.Manifest, Layer: l.Layer, Result: result, Reason: reason}
 	if err != nil {
 		d.Error = err.Error()
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/rillstream/rill/internal/testlayer"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // Every image layer prepared leaves a decision with its reason: streamed, pulled in full, or
@@ -60,7 +61,7 @@ func TestDecisionsRecordEachLayer(t *testing.T) {
 func TestDecisionLogKeepsTheLatest(t *testing.T) {
 	var l decisionLog
 	for i := range maxDecisions + 88 {
-		l.add(Decision{ImageRef: fmt.Sprint(i)})
+		l.add(status.Decision{ImageRef: fmt.Sprint(i)})
 	}
 	got := l.list()
 	if len(got) != maxDecisions || got[0].ImageRef != "88" || got[len(got)-1].ImageRef != fmt.Sprint(maxDecisions+87) {

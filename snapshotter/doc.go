@@ -1,4 +1,7 @@
-// Package snapshotter implements containerd's snapshots.Snapshotter for rill.
+// Package snapshotter implements containerd's snapshots.Snapshotter for rill: it streams the
+// layers that package decision says stream (resolve.go gathers the facts, loader.go loads
+// their TOCs ahead), mounts them through fs, and pulls every other layer in full. Its options
+// are in options.go; what it reports is package status.
 //
 // Every layer that is not streamed takes the full-pull path: containerd downloads and unpacks
 // it into an overlayfs snapshot. That path is containerd's own overlay snapshotter

@@ -11,28 +11,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/rillstream/rill/snapshotter/status"
 )
-
-// WithPrepareTimeout bounds the decision for one layer at Prepare (resolving the image, the
-// footer and TOC of the layer): past it the layer is pulled in full, and its registry host is
-// marked unhealthy for unhealthyFor, during which every Prepare of that host decides at once
-// to pull in full. Defaults: 5 s and 1 min.
-func WithPrepareTimeout(timeout, unhealthyFor time.Duration) Opt {
-	return func(s *settings) { s.prepareTimeout, s.unhealthyFor = timeout, unhealthyFor }
-}
-
-const (
-	defaultPrepareTimeout = 5 * time.Second
-	defaultUnhealthyFor   = time.Minute
-)
-
-// HostStatus is a registry host that failed a Prepare, as `rill status` shows it.
-type HostStatus struct {
-	Host      string    `json:"host"`
-	Since     time.Time `json:"since"`
-	Until     time.Time `json:"until"` // Prepares pull in full until then; the next one after it tries again
-	LastError string    `json:"lastError"`
-}
 
 // hostHealth remembers the registry hosts that failed a Prepare (no answer in time, refused
 // or reset connections), so that the other layers of a pull do not wait for them again.
@@ -41,13 +21,13 @@ type hostHealth struct {
 	metrics      *Metrics
 
 	mu    sync.Mutex
-	hosts map[string]*HostStatus
+	hosts map[string]*status.Host
 	// broken[host] is closed when host is marked unhealthy: loads in flight for it stop.
 	broken map[string]chan struct{}
 }
 
 func newHostHealth(unhealthyFor time.Duration, m *Metrics) *hostHealth {
-	return &hostHealth{unhealthyFor: unhealthyFor, metrics: m, hosts: map[string]*HostStatus{}, broken: map[string]chan struct{}{}}
+	return &hostHealth{unhealthyFor: unhealthyFor, metrics: m, hosts: map[string]*status.Host{}, broken: map[string]chan struct{}{}}
 }
 
 // errHostUnhealthy ends the loads in flight for a host that another layer found unhealthy.
@@ -74,12 +54,12 @@ func (h *hostHealth) watch(ctx context.Context, host string) (context.Context, c
 }
 
 // unhealthy returns the host's record while Prepares are to skip it.
-func (h *hostHealth) unhealthy(host string) (HostStatus, bool) {
+func (h *hostHealth) unhealthy(host string) (status.Host, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st, ok := h.hosts[host]
 	if !ok || time.Now().After(st.Until) {
-		return HostStatus{}, false
+		return status.Host{}, false
 	}
 	return *st, true
 }
@@ -97,7 +77,7 @@ func (h *hostHealth) failed(host string, err error) {
 		return // marked already (another layer of the same pull)
 	}
 	if !ok {
-		st = &HostStatus{Host: host, Since: now}
+		st = &status.Host{Host: host, Since: now}
 		h.hosts[host] = st
 	}
 	st.Until, st.LastError = now.Add(h.unhealthyFor), err.Error()
@@ -124,10 +104,10 @@ func (h *hostHealth) ok(host string) {
 }
 
 // status lists the unhealthy hosts by name.
-func (h *hostHealth) status() []HostStatus {
+func (h *hostHealth) status() []status.Host {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]HostStatus, 0, len(h.hosts))
+	out := make([]status.Host, 0, len(h.hosts))
 	for _, st := range h.hosts {
 		out = append(out, *st)
 	}

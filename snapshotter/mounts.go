@@ -12,12 +12,6 @@ import (
 	rillfs "github.com/rillstream/rill/fs"
 )
 
-// WithCache keeps the data of streamed layers in store, keyed by blob digest: shared by the
-// snapshots of one layer, kept across restarts, freed when the last snapshot of the layer goes.
-func WithCache(store *cache.Store) Opt {
-	return func(s *settings) { s.cache = store }
-}
-
 // mountedLayer is a streamed layer served through FUSE, with its cache handle.
 type mountedLayer struct {
 	mounted *rillfs.Mounted
@@ -106,11 +100,6 @@ func (ml *mountedLayer) unmount(ctx context.Context) error {
 type LayerObserver interface {
 	LayerServed(ctx context.Context, id, ref string)
 	LayerRemoved(ctx context.Context, id, ref string)
-}
-
-// WithLayerObserver makes the snapshotter tell o about streamed layers.
-func WithLayerObserver(o LayerObserver) Opt {
-	return func(s *settings) { s.observer = o }
 }
 
 func (s *Snapshotter) served(ctx context.Context, id string, ml *mountedLayer) {

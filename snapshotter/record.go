@@ -18,20 +18,6 @@ import (
 	rillfs "github.com/rillstream/rill/fs"
 )
 
-// WithRecordWindow records, per image, the order in which its files are first opened during
-// window after its layers are mounted, and writes it as a prefetch profile under
-// root/profiles (for `rill create --prefetch-profile`). 0 turns recording off.
-func WithRecordWindow(window time.Duration) Opt {
-	return func(s *settings) { s.recordWindow = window }
-}
-
-// Profile is a recorded prefetch profile, as written to root/profiles/<name>.json.
-type Profile struct {
-	Image    string    `json:"image"`
-	Recorded time.Time `json:"recorded"`
-	Paths    []string  `json:"paths"`
-}
-
 // recordings collects the layers of each image being recorded.
 type recordings struct {
 	mu     sync.Mutex
@@ -111,7 +97,7 @@ func (s *Snapshotter) writeProfile(image string) {
 		return
 	}
 	sort.SliceStable(all, func(i, j int) bool { return all[i].At.Before(all[j].At) })
-	p := Profile{Image: image, Recorded: time.Now().UTC()}
+	p := artifact.ProfileFile{Image: image, Recorded: time.Now().UTC()}
 	seen := map[string]bool{}
 	partial := 0
 	for _, a := range all {

@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rillstream/rill/artifact"
 	rillfs "github.com/rillstream/rill/fs"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // Labels rill sets on the committed snapshot of a streamed layer.
@@ -43,7 +44,7 @@ type RemoteLayer struct {
 	Desc ocispec.Descriptor
 	// TOCDigest is the digest of the blob's TOC, from the image's manifest.
 	TOCDigest digest.Digest
-	// Reason says why the layer streams ("estargz", "bound-artifact", "referrer").
+	// Reason says why the layer streams (status.ReasonEStargz, ReasonBound, ReasonReferrer).
 	Reason string
 	// Blob reads Desc's bytes.
 	Blob Blob
@@ -76,17 +77,6 @@ type Resolver interface {
 	OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor) (Blob, error)
 }
 
-// WithResolver turns streaming on: layers the resolver accepts are mounted through FUSE
-// instead of being pulled.
-func WithResolver(r Resolver) Opt {
-	return func(s *settings) { s.resolver = r }
-}
-
-// WithFSOptions configures the FUSE filesystems of streamed layers.
-func WithFSOptions(limits rillfs.Limits, mount rillfs.MountOptions) Opt {
-	return func(s *settings) { s.tocLimits, s.fsMount = limits, mount }
-}
-
 // layerRecord is what a streamed layer keeps on disk beside its mountpoint, so it can be
 // mounted again after a restart without the network.
 type layerRecord struct {
@@ -117,22 +107,22 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	loaded, err := s.loader.load(ctx, l)
 	if err != nil {
 		if loaded == nil {
-			return "resolve-error", err
+			return status.ReasonResolveError, err
 		}
 		return loaded.reason, err
 	}
 	layer, toc, tocJSON := loaded.layer, loaded.toc, loaded.tocJSON
 	if s.failed.has(layer.Desc.Digest) {
-		return "verification-failed", fmt.Errorf("layer blob %s failed verification against the original before: not streamed again", layer.Desc.Digest)
+		return status.ReasonVerificationFailed, fmt.Errorf("layer blob %s failed verification against the original before: not streamed again", layer.Desc.Digest)
 	}
 	id, err := s.snapshotID(ctx, key)
 	if err != nil {
-		return "internal-error", err
+		return status.ReasonInternalError, err
 	}
 	dir := filepath.Join(s.snapshotsDir(), id)
 	idx, err := rillfs.NewIndex(toc)
 	if err != nil {
-		return "toc-invalid", err
+		return status.ReasonTOCInvalid, err
 	}
 	bottom := parent == ""
 	if bottom {
@@ -144,11 +134,11 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	layer.Image = l.ImageRef
 	rec := layerRecord{Ref: layer.Ref, Image: layer.Image, Desc: layer.Desc, TOCDigest: layer.TOCDigest, TOCOffset: toc.Offset, Reason: layer.Reason, Bottom: bottom, Prefetch: prefetch, Original: layer.Original, Mounted: time.Now().UTC()}
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
-		return "internal-error", err
+		return status.ReasonInternalError, err
 	}
 	ml, err := s.mountLayer(ctx, filepath.Join(dir, "fs"), idx, layer)
 	if err != nil {
-		return "mount-error", err
+		return status.ReasonMountError, err
 	}
 	labels := map[string]string{labelRemote: layer.Desc.Digest.String()}
 	commitErr := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
@@ -160,7 +150,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		if err := ml.unmount(ctx); err != nil {
 			log.G(ctx).WithError(err).Warn("unmount after a failed commit")
 		}
-		return "commit-error", commitErr
+		return status.ReasonCommitError, commitErr
 	}
 	s.remote.add(id, ml)
 	s.served(ctx, id, ml)
@@ -271,9 +261,6 @@ func writeFileAtomic(path string, data []byte) error {
 func alreadyStreamed(target string) error {
 	return fmt.Errorf("target snapshot %q: streamed: %w", target, errdefs.ErrAlreadyExists)
 }
-
-// reasonShared is the decision of a layer another containerd namespace streamed already.
-const reasonShared = "shared"
 
 // shareStreamed answers for a layer that is streamed already under target on the same parent,
 // as happens when a second containerd namespace pulls an image the first one streamed (keys

@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/cache"
 	"github.com/rillstream/rill/convert"
 	rillfs "github.com/rillstream/rill/fs"
@@ -580,7 +581,7 @@ func TestAccessRecordingWritesAProfile(t *testing.T) {
 	for {
 		data, err := os.ReadFile(path)
 		if err == nil {
-			var p Profile
+			var p artifact.ProfileFile
 			if err := json.Unmarshal(data, &p); err != nil {
 				t.Fatal(err)
 			}
@@ -616,7 +617,7 @@ func TestClosingWritesThePendingProfile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("closing the snapshotter did not write the pending profile: %v", err)
 	}
-	var p Profile
+	var p artifact.ProfileFile
 	if err := json.Unmarshal(data, &p); err != nil {
 		t.Fatal(err)
 	}
@@ -696,7 +697,7 @@ func TestSecondNamespaceSharesStreamedLayers(t *testing.T) {
 	}
 	unpack("first")
 	unpack("second")
-	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("stream", reasonShared)); got != 2 {
+	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues("stream", "shared")); got != 2 {
 		t.Errorf("layers shared with the second namespace: %v, want 2", got)
 	}
 	for _, reason := range []string{"commit-error", "internal-error"} {

@@ -25,14 +25,6 @@ type ProfileSender interface {
 	SendProfile(ctx context.Context, r artifact.ProfileReport) error
 }
 
-// WithProfileReports sends each profile recorded for a streaming artifact through send, as the
-// node named node: in the background, retried with backoff, at most once per artifact (what
-// was sent is remembered under root/profiles/reported, so a restart does not send it again;
-// a changed artifact has another digest and is reported anew).
-func WithProfileReports(send ProfileSender, node string) Opt {
-	return func(s *settings) { s.profileSender, s.nodeName = send, node }
-}
-
 // RefusedError is a report the watcher refused for what it is (4xx but 401, 403, 408, 429):
 // it is not sent again.
 type RefusedError struct {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/platforms"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
@@ -26,6 +27,7 @@ import (
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/internal/testlayer"
 	"github.com/rillstream/rill/remote"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // testRegistry is go-containerregistry's in-process registry (with the referrers API) and a
@@ -160,7 +162,8 @@ func (r *testRegistry) pushArtifact(t *testing.T, repo string, img *testImage, c
 	art := ocispec.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
 		ArtifactType: artifact.ArtifactType, Config: img.manifest.Config,
-		Subject: &ocispec.Descriptor{MediaType: img.manifestDesc.MediaType, Digest: img.manifestDesc.Digest, Size: img.manifestDesc.Size},
+		Subject:     &ocispec.Descriptor{MediaType: img.manifestDesc.MediaType, Digest: img.manifestDesc.Digest, Size: img.manifestDesc.Size},
+		Annotations: map[string]string{artifact.AnnotationPlatform: platforms.Format(*img.manifestDesc.Platform)},
 	}
 	for i, l := range img.manifest.Layers {
 		tarBytes, _ := testlayer.Tar([]testlayer.Entry{testlayer.Reg("converted", []byte{byte(i)}, 0o644)}, 0)
@@ -230,17 +233,17 @@ func TestRegistryResolverDecisions(t *testing.T) {
 		wantReason string // streamed with this reason, or
 		wantNot    string // not streamed, with this reason
 	}{
-		{"bound artifact, pull by tag", TrustBound, "app:bound", plain, 1, reasonBound, ""},
-		{"bound artifact, pull by the index's digest", TrustBound, "app@" + boundIndex.String(), plain, 0, reasonBound, ""},
-		{"bound artifact in a multi-arch index", TrustBound, "app:multi", plain, 0, reasonBound, ""},
+		{"bound artifact, pull by tag", TrustBound, "app:bound", plain, 1, status.ReasonBound, ""},
+		{"bound artifact, pull by the index's digest", TrustBound, "app@" + boundIndex.String(), plain, 0, status.ReasonBound, ""},
+		{"bound artifact in a multi-arch index", TrustBound, "app:multi", plain, 0, status.ReasonBound, ""},
 		{"arm64 entry of the same index", TrustBound, "app:multi", arm, 0, "", "platform linux/arm64"},
 		{"referrer only, default trust", TrustBound, "app:unbound", plain, 0, "", "no-bound-artifact"},
-		{"referrer only, referrers trusted", TrustReferrers, "app:unbound", plain, 0, reasonReferrer, ""},
-		{"pinned to the manifest digest, referrers trusted", TrustReferrers, "app@" + plain.manifestDesc.Digest.String(), plain, 1, reasonReferrer, ""},
+		{"referrer only, referrers trusted", TrustReferrers, "app:unbound", plain, 0, status.ReasonReferrer, ""},
+		{"pinned to the manifest digest, referrers trusted", TrustReferrers, "app@" + plain.manifestDesc.Digest.String(), plain, 1, status.ReasonReferrer, ""},
 		{"pinned to the manifest digest, default trust", TrustBound, "app@" + plain.manifestDesc.Digest.String(), plain, 1, "", "no-bound-artifact"},
 		{"bound artifact that converts other layers", TrustBound, "forged:bound", forged, 0, "", "bound-artifact-invalid"},
 		{"referrer that converts other layers", TrustReferrers, "forged:unbound", forged, 0, "", "no-artifact"},
-		{"third-party eStargz image", TrustBound, "esgz:v1", esgz, 0, reasonEStargz, ""},
+		{"third-party eStargz image", TrustBound, "esgz:v1", esgz, 0, status.ReasonEStargz, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -267,7 +270,7 @@ func TestRegistryResolverDecisions(t *testing.T) {
 				t.Fatalf("streamed for %q, want %q", layer.Reason, c.wantReason)
 			}
 			want := c.img.manifest.Layers[c.layer]
-			if c.wantReason != reasonEStargz {
+			if c.wantReason != status.ReasonEStargz {
 				want = c.img.artifact.Layers[c.layer]
 			}
 			if layer.Desc.Digest != want.Digest || layer.TOCDigest.String() != want.Annotations[artifact.AnnotationTOCDigest] {

@@ -14,82 +14,26 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/containerd/log"
-	"github.com/rillstream/rill/cache"
-	rillfs "github.com/rillstream/rill/fs"
+	"github.com/rillstream/rill/snapshotter/status"
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
-// Opt changes one setting of the snapshotter.
-type Opt func(*settings)
-
-type settings struct {
-	asyncRemove     bool
-	mountOptions    []string
-	resolver        Resolver
-	tocLimits       rillfs.Limits
-	fsMount         rillfs.MountOptions
-	metrics         *Metrics
-	cache           *cache.Store
-	background      bool
-	backgroundDelay time.Duration
-	retryFirst      time.Duration
-	retryMax        time.Duration
-	prepareTimeout  time.Duration
-	unhealthyFor    time.Duration
-	recordWindow    time.Duration
-	lockTimeout     time.Duration
-	observer        LayerObserver
-	profileSender   ProfileSender
-	nodeName        string
-}
-
-// WithMetadataLockTimeout bounds the wait for the metadata store's file lock, held by another
-// process on the same root (default 10 s; the daemon locks the root first, this is the net
-// under that).
-func WithMetadataLockTimeout(d time.Duration) Opt {
-	return func(s *settings) { s.lockTimeout = d }
-}
-
-// WithAsyncRemove makes Remove update only the metadata; the snapshot's directory is deleted
-// by the next Cleanup (containerd's garbage collector calls it). Without it, Remove deletes
-// the directory before it returns.
-func WithAsyncRemove(async bool) Opt {
-	return func(s *settings) { s.asyncRemove = async }
-}
-
-// WithMountOptions adds overlayfs mount options to every overlay mount.
-func WithMountOptions(options []string) Opt {
-	return func(s *settings) { s.mountOptions = append(s.mountOptions, options...) }
-}
-
 // Snapshotter is rill's snapshots.Snapshotter. It is safe for concurrent use.
 type Snapshotter struct {
-	root        string
-	ms          *storage.MetaStore
-	overlay     snapshots.Snapshotter
-	asyncRemove bool
+	settings
+	root    string
+	ms      *storage.MetaStore
+	overlay snapshots.Snapshotter
 
-	// Streaming; resolver is nil when it is off.
-	resolver        Resolver
-	loader          *layerLoader
-	remote          *remoteLayers
-	tocLimits       rillfs.Limits
-	fsMount         rillfs.MountOptions
-	metrics         *Metrics
-	cache           *cache.Store
-	background      bool
-	backgroundDelay time.Duration
-	retryFirst      time.Duration
-	retryMax        time.Duration
-	prepareTimeout  time.Duration
-	health          *hostHealth
-	failed          *failedLayers
-	recordWindow    time.Duration
-	recs            recordings
-	observer        LayerObserver
-	decisions       decisionLog
+	// Streaming, when a resolver is set.
+	loader    *layerLoader
+	remote    *remoteLayers
+	health    *hostHealth
+	failed    *failedLayers
+	recs      recordings
+	decisions decisionLog
 
 	// Recovery of layers restored unavailable: closing ends when Close begins; Close waits
 	// for recovering.
@@ -107,11 +51,12 @@ var (
 )
 
 // NewSnapshotter opens (or creates) the snapshotter state under root.
-func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter, error) {
-	set := settings{lockTimeout: 10 * time.Second, retryFirst: defaultRetryFirst, retryMax: defaultRetryMax, prepareTimeout: defaultPrepareTimeout, unhealthyFor: defaultUnhealthyFor}
+func NewSnapshotter(ctx context.Context, root string, opts ...Option) (*Snapshotter, error) {
+	set := defaults()
 	for _, o := range opts {
 		o(&set)
 	}
+	set.retryMax = max(set.retryMax, set.retryFirst)
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("snapshotter root %q must be an absolute path", root)
 	}
@@ -137,12 +82,9 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Opt) (*Snapshotter
 		set.metrics = NewMetrics()
 	}
 	sn := &Snapshotter{
-		root: root, ms: ms, overlay: ov, asyncRemove: set.asyncRemove,
-		resolver: set.resolver, remote: &remoteLayers{mounts: map[string]*mountedLayer{}},
-		tocLimits: set.tocLimits, fsMount: set.fsMount, metrics: set.metrics, cache: set.cache,
-		background: set.background, backgroundDelay: set.backgroundDelay, retryFirst: set.retryFirst, retryMax: max(set.retryMax, set.retryFirst), prepareTimeout: set.prepareTimeout, failed: loadFailedLayers(root), recordWindow: set.recordWindow,
-		observer: set.observer,
-		recs:     recordings{reports: newReporter(root, set.profileSender, set.nodeName)},
+		settings: set, root: root, ms: ms, overlay: ov,
+		remote: &remoteLayers{mounts: map[string]*mountedLayer{}}, failed: loadFailedLayers(root),
+		recs: recordings{reports: newReporter(root, set.profileSender, set.nodeName)},
 	}
 	sn.closing, sn.beginClose = context.WithCancel(context.Background())
 	if sn.resolver != nil {
@@ -176,11 +118,6 @@ func openMetaStore(ctx context.Context, path string, lockTimeout time.Duration) 
 		return nil, fmt.Errorf("open metadata store %s: %w", path, err)
 	}
 	return ms, nil
-}
-
-// WithMetrics sets the collectors the snapshotter counts its decisions in.
-func WithMetrics(m *Metrics) Opt {
-	return func(s *settings) { s.metrics = m }
 }
 
 // Root is the directory the snapshotter keeps its state in.
@@ -226,13 +163,13 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		return mounts, nil // not an image layer: nothing to decide
 	}
 	if s.resolver == nil {
-		s.decide(layer, "fallback", "streaming-disabled", nil)
+		s.logDecision(layer, status.ResultFallback, status.ReasonStreamingDisabled, nil)
 		return mounts, nil
 	}
 	entry := log.G(ctx).WithField("key", key)
 	if err != nil {
-		s.metrics.decision("fallback", "bad-labels")
-		s.decide(layer, "fallback", "bad-labels", err)
+		s.metrics.decision(status.ResultFallback, status.ReasonBadLabels)
+		s.logDecision(layer, status.ResultFallback, status.ReasonBadLabels, err)
 		entry.WithError(err).Warn("layer pulled in full: unreadable labels")
 		return mounts, nil
 	}
@@ -240,19 +177,19 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if shared, err := s.shareStreamed(ctx, key, parent, layer.Target); err != nil {
 		entry.WithError(err).Warn("cannot share the layer streamed for another namespace: deciding anew")
 	} else if shared {
-		s.metrics.decision("stream", reasonShared)
-		entry.WithField("reason", reasonShared).Info("layer streamed")
+		s.metrics.decision(status.ResultStream, status.ReasonShared)
+		entry.WithField("reason", status.ReasonShared).Info("layer streamed")
 		return nil, alreadyStreamed(layer.Target)
 	}
 	reason, err := s.prepareStreamed(ctx, key, parent, layer, opts)
 	if err != nil {
-		s.metrics.decision("fallback", reason)
-		s.decide(layer, "fallback", reason, err)
+		s.metrics.decision(status.ResultFallback, reason)
+		s.logDecision(layer, status.ResultFallback, reason, err)
 		entry.WithError(err).WithField("reason", reason).Info("layer pulled in full")
 		return mounts, nil
 	}
-	s.metrics.decision("stream", reason)
-	s.decide(layer, "stream", reason, nil)
+	s.metrics.decision(status.ResultStream, reason)
+	s.logDecision(layer, status.ResultStream, reason, nil)
 	entry.WithField("reason", reason).Info("layer streamed")
 	return nil, alreadyStreamed(layer.Target)
 }

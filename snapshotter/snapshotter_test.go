@@ -44,7 +44,7 @@ func TestConformance(t *testing.T) {
 	}
 }
 
-func newTestSnapshotter(t *testing.T, opts ...Opt) (context.Context, *Snapshotter) {
+func newTestSnapshotter(t *testing.T, opts ...Option) (context.Context, *Snapshotter) {
 	t.Helper()
 	requireRoot(t)
 	ctx := namespaces.WithNamespace(context.Background(), "rill-test")

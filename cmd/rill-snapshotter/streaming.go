@@ -24,11 +24,11 @@ import (
 //
 // creds is the store of CRI-captured credentials (nil when streaming is off): the daemon prunes
 // it once the snapshotter has restored its layers, and the CRI proxy fills it.
-func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Registerer) (_ []snapshotter.Opt, creds *credentials.Store, closeCache func(), _ error) {
+func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Registerer) (_ []snapshotter.Option, creds *credentials.Store, closeCache func(), _ error) {
 	c := cfg.Streaming
 	snMetrics := snapshotter.NewMetrics()
 	reg.MustRegister(snMetrics.Collectors()...)
-	opts := []snapshotter.Opt{snapshotter.WithMetrics(snMetrics)}
+	opts := []snapshotter.Option{snapshotter.WithMetrics(snMetrics)}
 	closeCache = func() {}
 	if !c.Enabled {
 		logrus.Info("streaming is off: every layer is pulled in full")
@@ -58,7 +58,7 @@ func streamingOptions(ctx context.Context, cfg config.Config, reg prometheus.Reg
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("cache under %s: %w", filepath.Join(cfg.Root, "cache"), err)
 	}
-	reg.MustRegister(store.Metrics())
+	reg.MustRegister(store.Metrics().Collectors()...)
 	closeCache = func() {
 		if err := store.Close(); err != nil {
 			logrus.WithError(err).Warn("closing the cache")

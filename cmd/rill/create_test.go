@@ -27,13 +27,12 @@ func startWatcher(t *testing.T, host string) string {
 	}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	access := convert.Access{DefaultScheme: "http", Credentials: remote.Anonymous()}
 	newConverter := func(progress func(convert.Progress), extra ...convert.Option) (*convert.Converter, error) {
 		opts := []convert.Option{convert.WithTempDir(t.TempDir()), convert.WithLogger(logrus.NewEntry(log))}
 		if progress != nil {
 			opts = append(opts, convert.WithProgress(progress))
 		}
-		return convert.New(reg, access, append(opts, extra...)...)
+		return convert.New(reg, append(opts, extra...)...)
 	}
 	c, err := newConverter(nil)
 	if err != nil {

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -14,6 +14,8 @@ import (
 	"github.com/rillstream/rill/config"
 	"github.com/rillstream/rill/convert"
 	"github.com/rillstream/rill/remote"
+	"github.com/rillstream/rill/snapshotter/decision"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // credentialSource is one place rill-snapshotter finds registry credentials, in the order it
@@ -43,7 +45,7 @@ func displayDockerConfig(p string) string {
 }
 
 // checkImage resolves IMAGE from this node, the way rill-snapshotter would, and says whether
-// its layers would stream and why not.
+// its layers would stream and why not, by rill-snapshotter's own decision.
 func checkImage(ctx context.Context, env *cliEnv, o doctorOptions, cfg config.Config) []finding {
 	var out []finding
 	add := func(f finding) { out = append(out, f) }
@@ -80,11 +82,11 @@ func checkImage(ctx context.Context, env *cliEnv, o doctorOptions, cfg config.Co
 		add(finding{"credentials", statusOK, "none for " + host + ": rill fetches anonymously (fine for public images)", ""})
 	}
 
-	platforms, err := convert.ParsePlatforms(cfg.Streaming.Platforms)
+	ps, err := convert.ParsePlatforms(cfg.Streaming.Platforms)
 	if err != nil {
 		return append(out, finding{"image", statusProblem, "streaming.platforms: " + err.Error(), "fix streaming.platforms in rill's config"})
 	}
-	reg, c, cleanup, err := rf.clients(env, o.image, convert.WithPlatforms(platforms...))
+	reg, _, cleanup, err := rf.clients(env, o.image, convert.WithPlatforms(ps...))
 	if err != nil {
 		return append(out, finding{"registry", statusProblem, err.Error(), "check streaming.hosts_dir"})
 	}
@@ -98,76 +100,61 @@ func checkImage(ctx context.Context, env *cliEnv, o doctorOptions, cfg config.Co
 		return append(out, finding{"registry", statusProblem, fmt.Sprintf("cannot resolve %s: %v", o.image, err), fix})
 	}
 	add(finding{"registry", statusOK, fmt.Sprintf("%s resolves to %s", o.image, top.Digest), ""})
-	add(streamVerdict(ctx, reg, c, o.image, named, cfg))
+	add(streamVerdict(ctx, reg, o.image, named, ps, cfg))
 	return out
 }
 
-// streamVerdict applies the rules of rill-snapshotter's decision (docs/formats.md, trust)
-// through what `rill show` finds in the registry.
-func streamVerdict(ctx context.Context, reg *remote.Registry, c *convert.Converter, image string, named reference.Named, cfg config.Config) finding {
+// streamVerdict is what rill-snapshotter would decide for the image, by its own rules
+// (package snapshotter/decision) over what this node reads from the registry.
+func streamVerdict(ctx context.Context, reg *remote.Registry, image string, named reference.Named, ps []ocispec.Platform, cfg config.Config) finding {
 	const check = "would stream"
 	if !cfg.Streaming.Enabled {
 		return finding{check, statusProblem, "no: streaming.enabled = false", "set streaming.enabled = true"}
 	}
-	st, err := c.Show(ctx, image)
+	policy := decision.Policy{Platforms: platforms.Any(ps...), Trust: cfg.Streaming.Trust}
+	f, err := decision.Gather(ctx, reg, image, "", policy)
 	if err != nil {
-		return finding{check, statusProblem, "cannot read the image's artifacts: " + err.Error(), ""}
+		return finding{check, statusProblem, "cannot read the image and its artifacts: " + err.Error(), ""}
+	}
+	img := decision.DecideImage(f, "", policy)
+	if img.Final {
+		return finding{check, statusProblem, fmt.Sprintf("no: no platform of the image is in streaming.platforms %v (reason %s)", cfg.Streaming.Platforms, img.Reason), "add the platform to streaming.platforms in rill's config"}
+	}
+	platform := platforms.Format(f.Platform)
+	switch img.Reason {
+	case status.ReasonBound:
+		return finding{check, statusOK, fmt.Sprintf("yes, %s: the tag binds streaming artifact %s (reason %s)", platform, short(img.Artifact.Digest.Encoded()), img.Reason), ""}
+	case status.ReasonReferrer:
+		return finding{check, statusOK, fmt.Sprintf("yes, %s: streaming artifact %s is a referrer and streaming.trust = referrers (reason %s)", platform, short(img.Artifact.Digest.Encoded()), img.Reason), ""}
+	}
+	for _, l := range f.Manifest.Layers {
+		if _, reason, ok := decision.DecideLayer(f, img, l.Digest); ok && reason == status.ReasonEStargz {
+			return finding{check, statusOK, fmt.Sprintf("yes, %s: its eStargz layers (TOC digests in the manifest) stream, the others are pulled in full (reason %s)", platform, reason), ""}
+		}
+	}
+	var problems []string
+	for _, err := range img.Rejected {
+		problems = append(problems, err.Error())
 	}
 	_, byDigest := named.(reference.Digested)
-	var notStreamed []string
-	for _, m := range st.Manifests {
-		if !m.Streaming {
-			notStreamed = append(notStreamed, m.Platform)
-			continue
+	switch img.Reason {
+	case status.ReasonBoundInvalid:
+		return finding{check, statusProblem, fmt.Sprintf("no, %s: the bound streaming artifact is unusable (%s): pulled in full (reason %s)", platform, strings.Join(problems, "; "), img.Reason), "rebuild it: rill create --force " + image}
+	case status.ReasonReferrersError:
+		return finding{check, statusProblem, fmt.Sprintf("no, %s: %s (reason %s)", platform, strings.Join(problems, "; "), img.Reason), "check the registry's referrers API (or its sha256-<digest> fallback tags)"}
+	case status.ReasonNoArtifact:
+		if len(problems) > 0 {
+			return finding{check, statusProblem, fmt.Sprintf("no, %s: every streaming artifact is unusable (%s): pulled in full (reason %s)", platform, strings.Join(problems, "; "), img.Reason), "rebuild it: rill create --force " + image}
 		}
-		for _, a := range m.Artifacts {
-			if a.Problem != "" {
-				continue
-			}
-			if a.Bound && !byDigest {
-				return finding{check, statusOK, fmt.Sprintf("yes, %s: the tag binds streaming artifact %s (reason bound-artifact)", m.Platform, short(a.Descriptor.Digest.Encoded())), ""}
-			}
-			if cfg.Streaming.Trust == "referrers" {
-				return finding{check, statusOK, fmt.Sprintf("yes, %s: streaming artifact %s is a referrer and streaming.trust = referrers (reason referrer)", m.Platform, short(a.Descriptor.Digest.Encoded())), ""}
-			}
-		}
-		if estargz(ctx, reg, named.Name(), m.Manifest) {
-			return finding{check, statusOK, fmt.Sprintf("yes, %s: its eStargz layers (TOC digests in the manifest) stream, the others are pulled in full (reason estargz)", m.Platform), ""}
-		}
-		var problems []string
-		for _, a := range m.Artifacts {
-			if a.Problem != "" {
-				problems = append(problems, short(a.Descriptor.Digest.Encoded())+": "+a.Problem)
-			}
-		}
-		switch {
-		case len(problems) > 0 && len(problems) == len(m.Artifacts):
-			return finding{check, statusProblem, fmt.Sprintf("no, %s: every streaming artifact is unusable (%s): pulled in full", m.Platform, strings.Join(problems, "; ")), "rebuild it: rill create --force " + image}
-		case len(m.Artifacts) > 0 && byDigest:
-			return finding{check, statusProblem, fmt.Sprintf("no, %s: pulled by digest, so only referrers count, and streaming.trust = %s (reason no-bound-artifact)", m.Platform, cfg.Streaming.Trust), "pull by tag, or set streaming.trust = \"referrers\" in rill's config"}
-		case len(m.Artifacts) > 0:
-			return finding{check, statusProblem, fmt.Sprintf("no, %s: its streaming artifacts are referrers only, not bound to the tag, and streaming.trust = %s (reason no-bound-artifact)", m.Platform, cfg.Streaming.Trust), "bind one: rill create " + image + " (or set streaming.trust = \"referrers\")"}
-		default:
-			return finding{check, statusProblem, fmt.Sprintf("no, %s: the image has no streaming artifact (reason no-bound-artifact): pulled in full", m.Platform), "rill create " + image}
-		}
+		return finding{check, statusProblem, fmt.Sprintf("no, %s: the image has no streaming artifact (reason %s): pulled in full", platform, img.Reason), "rill create " + image}
 	}
-	return finding{check, statusProblem, fmt.Sprintf("no: no platform of the image (%s) is in streaming.platforms %v", strings.Join(notStreamed, ", "), cfg.Streaming.Platforms), "add the platform to streaming.platforms in rill's config"}
-}
-
-// estargz says whether a layer of manifest m names its TOC digest (such layers stream).
-func estargz(ctx context.Context, reg *remote.Registry, repo string, m ocispec.Descriptor) bool {
-	b, err := reg.FetchManifest(ctx, repo+"@"+m.Digest.String(), m)
-	if err != nil {
-		return false
+	// Not bound, referrers not trusted: say whether there are referrers that would count.
+	refs, _ := reg.Referrers(ctx, named.Name(), f.ManifestDigest, artifact.ArtifactType)
+	switch {
+	case len(refs) > 0 && byDigest:
+		return finding{check, statusProblem, fmt.Sprintf("no, %s: pulled by digest, so only referrers count, and streaming.trust = %s (reason %s)", platform, cfg.Streaming.Trust, img.Reason), "pull by tag, or set streaming.trust = \"referrers\" in rill's config"}
+	case len(refs) > 0:
+		return finding{check, statusProblem, fmt.Sprintf("no, %s: its streaming artifacts are referrers only, not bound to the tag, and streaming.trust = %s (reason %s)", platform, cfg.Streaming.Trust, img.Reason), "bind one: rill create " + image + " (or set streaming.trust = \"referrers\")"}
 	}
-	var man ocispec.Manifest
-	if json.Unmarshal(b, &man) != nil || len(man.Layers) == 0 {
-		return false
-	}
-	for _, l := range man.Layers {
-		if l.Annotations[artifact.AnnotationTOCDigest] != "" {
-			return true
-		}
-	}
-	return false
+	return finding{check, statusProblem, fmt.Sprintf("no, %s: the image has no streaming artifact (reason %s): pulled in full", platform, img.Reason), "rill create " + image}
 }

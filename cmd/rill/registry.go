@@ -22,9 +22,8 @@ type registryFlags struct {
 	dockerConfig string
 	debug        bool
 
-	// Set by clients, for more converters over the same registry client.
-	access convert.Access
-	log    *logrus.Logger
+	// Set by clients.
+	log *logrus.Logger
 }
 
 func (f *registryFlags) register(fs *flag.FlagSet) {
@@ -67,22 +66,20 @@ func (f *registryFlags) clients(env *cliEnv, image string, opts ...convert.Optio
 	}
 	creds := remote.DockerConfig(f.dockerConfig)
 	ropts := []remote.Option{remote.WithHostsDir(hostsDir), remote.WithCredentials(creds), remote.WithUserAgent("rill")}
-	access := convert.Access{HostsDir: hostsDir, Credentials: creds}
 	if f.plainHTTP {
 		ropts = append(ropts, remote.WithDefaultScheme("http"))
-		access.DefaultScheme = "http"
 	}
 	reg, err := remote.New(ropts...)
 	if err != nil {
 		cleanup()
 		return nil, nil, func() {}, err
 	}
-	c, err := convert.New(reg, access, append([]convert.Option{convert.WithLogger(logrus.NewEntry(log))}, opts...)...)
+	c, err := convert.New(reg, append([]convert.Option{convert.WithLogger(logrus.NewEntry(log))}, opts...)...)
 	if err != nil {
 		cleanup()
 		return nil, nil, func() {}, err
 	}
-	f.access, f.log = access, log
+	f.log = log
 	return reg, c, cleanup, nil
 }
 

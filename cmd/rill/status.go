@@ -13,7 +13,7 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/rillstream/rill/config"
-	"github.com/rillstream/rill/snapshotter"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // runStatus prints the state of the layers this node streams, from rill-snapshotter's status
@@ -87,19 +87,19 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 	return w.Flush()
 }
 
-func fetchStatus(ctx context.Context, socket string) ([]snapshotter.LayerStatus, error) {
-	var layers []snapshotter.LayerStatus
-	found, err := getStatus(ctx, socket, "/v1/layers", &layers)
+func fetchStatus(ctx context.Context, socket string) ([]status.Layer, error) {
+	var layers []status.Layer
+	found, err := getStatus(ctx, socket, status.PathLayers, &layers)
 	if err == nil && !found {
-		err = fmt.Errorf("rill-snapshotter at %s serves no /v1/layers", socket)
+		err = fmt.Errorf("rill-snapshotter at %s serves no %s", socket, status.PathLayers)
 	}
 	return layers, err
 }
 
 // fetchNode reads the node's state; a daemon older than /v1/node has none to tell.
-func fetchNode(ctx context.Context, socket string) (snapshotter.NodeStatus, error) {
-	var node snapshotter.NodeStatus
-	_, err := getStatus(ctx, socket, "/v1/node", &node)
+func fetchNode(ctx context.Context, socket string) (status.Node, error) {
+	var node status.Node
+	_, err := getStatus(ctx, socket, status.PathNode, &node)
 	return node, err
 }
 

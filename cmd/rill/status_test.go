@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/rillstream/rill/snapshotter"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // serveLayers serves layers on a unix socket as rill-snapshotter's status API does.
-func serveLayers(t *testing.T, layers []snapshotter.LayerStatus) string {
+func serveLayers(t *testing.T, layers []status.Layer) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "status.sock")
 	lis, err := net.Listen("unix", sock)
@@ -34,7 +34,7 @@ func serveLayers(t *testing.T, layers []snapshotter.LayerStatus) string {
 }
 
 // serveNode serves layers and the node's state as rill-snapshotter's status API does.
-func serveNode(t *testing.T, layers []snapshotter.LayerStatus, node snapshotter.NodeStatus) string {
+func serveNode(t *testing.T, layers []status.Layer, node status.Node) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "status.sock")
 	lis, err := net.Listen("unix", sock)
@@ -54,7 +54,7 @@ func serveStatus(t *testing.T, sock string, lis net.Listener, srv *http.Server) 
 }
 
 func TestStatusCommand(t *testing.T) {
-	layers := []snapshotter.LayerStatus{
+	layers := []status.Layer{
 		{Snapshot: "7", Image: "reg/app:v1", Ref: "reg/app@sha256:aa", Blob: digest.FromString("a"), Reason: "bound-artifact", Mounted: time.Now().Add(-time.Minute),
 			Bytes: 100 << 20, LocalBytes: 5 << 20, PrefetchDone: true, Background: "running"},
 		{Snapshot: "8", Image: "reg/app:v2", Ref: "reg/app@sha256:bb", Blob: digest.FromString("b"), Reason: "estargz", Mounted: time.Now(),
@@ -75,7 +75,7 @@ func TestStatusCommand(t *testing.T) {
 	if code := run(context.Background(), []string{"status", "--socket", sock, "--json"}, &out, &errOut); code != 0 {
 		t.Fatalf("--json: exit %d", code)
 	}
-	var got []snapshotter.LayerStatus
+	var got []status.Layer
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil || len(got) != 2 || got[1].Background != "mismatch" {
 		t.Fatalf("--json: %v %+v", err, got)
 	}
@@ -89,14 +89,14 @@ func TestStatusCommand(t *testing.T) {
 // The table names the image pulled (not the blob's repository@digest), the reason after a
 // restart, and a background fetch waiting to resume after failures with its retries and error.
 func TestStatusShowsImageRetriesAndError(t *testing.T) {
-	layers := []snapshotter.LayerStatus{
+	layers := []status.Layer{
 		{Snapshot: "7", Image: "reg/app:v1", Ref: "reg/app@sha256:aa", Blob: digest.FromString("a"), Reason: "bound-artifact", Mounted: time.Now(),
 			Bytes: 100 << 20, LocalBytes: 53 << 20, CacheBytes: 104 << 20, PrefetchDone: true, Background: "incomplete", Retries: 4,
 			NextRetry: time.Now().Add(8 * time.Second), LastError: "background fetch of blob range [0, 1048576): connection refused"},
 	}
-	sock := serveNode(t, layers, snapshotter.NodeStatus{
+	sock := serveNode(t, layers, status.Node{
 		CacheDiskFullSince: time.Now().Add(-time.Minute),
-		UnhealthyHosts:     []snapshotter.HostStatus{{Host: "reg.example:5000", Since: time.Now(), Until: time.Now().Add(time.Minute), LastError: "no answer within the prepare timeout"}},
+		UnhealthyHosts:     []status.Host{{Host: "reg.example:5000", Since: time.Now(), Until: time.Now().Add(time.Minute), LastError: "no answer within the prepare timeout"}},
 	})
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"status", "--socket", sock}, &out, &errOut); code != 0 {

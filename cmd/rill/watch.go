@@ -119,7 +119,7 @@ func runWatch(ctx context.Context, env *cliEnv, args []string) error {
 			if progress != nil {
 				opts = append(opts, convert.WithProgress(progress))
 			}
-			return convert.New(reg, rf.access, append(opts, extra...)...)
+			return convert.New(reg, append(opts, extra...)...)
 		},
 		Policies:          store,
 		StateDir:          stateDir,

@@ -15,35 +15,23 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/rillstream/rill/config"
+	"github.com/rillstream/rill/snapshotter/status"
 )
-
-// decision is one of rill-snapshotter's recent decisions (GET /v1/decisions on its status
-// socket; snapshotter.Decision on the daemon's side).
-type decision struct {
-	Time     time.Time     `json:"time"`
-	ImageRef string        `json:"imageRef"`
-	Manifest digest.Digest `json:"manifest,omitempty"`
-	Layer    digest.Digest `json:"layer,omitempty"`
-	Result   string        `json:"result"` // stream or fallback
-	Reason   string        `json:"reason"`
-	Error    string        `json:"error,omitempty"`
-}
 
 // fallbackHints says what to do about the reasons a layer is pulled in full.
 var fallbackHints = map[string]string{
-	"no-bound-artifact":              "rill create IMAGE binds a streaming artifact to the tag (pull by tag; by digest only referrers count, with streaming.trust = referrers)",
-	"no-artifact":                    "rill create IMAGE",
-	"bound-artifact-invalid":         "the bound artifact fails a check (rill-snapshotter's log says which): rill create --force IMAGE",
-	"streaming-disabled":             "streaming.enabled = false in rill's config",
-	"no-streaming-platform-in-index": "add the image's platform to streaming.platforms",
-	"toc-fetch-error":                "the registry is unreachable from the node or refuses rill: rill doctor IMAGE",
-	"resolve-error":                  "the registry is unreachable from the node or refuses rill: rill doctor IMAGE",
-	"referrers-error":                "the registry's referrers failed: rill doctor IMAGE",
-	"toc-invalid":                    "the layer's TOC fails verification: rill verify IMAGE",
-	"bad-labels":                     "containerd passed unreadable labels: check the export and disable_snapshot_annotations (rill doctor)",
+	status.ReasonNoBound:           "rill create IMAGE binds a streaming artifact to the tag (pull by tag; by digest only referrers count, with streaming.trust = referrers)",
+	status.ReasonNoArtifact:        "rill create IMAGE",
+	status.ReasonBoundInvalid:      "the bound artifact fails a check (rill-snapshotter's log says which): rill create --force IMAGE",
+	status.ReasonStreamingDisabled: "streaming.enabled = false in rill's config",
+	status.ReasonNoPlatformInIndex: "add the image's platform to streaming.platforms",
+	status.ReasonTOCFetchError:     "the registry is unreachable from the node or refuses rill: rill doctor IMAGE",
+	status.ReasonResolveError:      "the registry is unreachable from the node or refuses rill: rill doctor IMAGE",
+	status.ReasonReferrersError:    "the registry's referrers failed: rill doctor IMAGE",
+	status.ReasonTOCInvalid:        "the layer's TOC fails verification: rill verify IMAGE",
+	status.ReasonBadLabels:         "containerd passed unreadable labels: check the export and disable_snapshot_annotations (rill doctor)",
 }
 
 func runWhy(ctx context.Context, env *cliEnv, args []string) error {
@@ -93,9 +81,9 @@ func runWhy(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 // decisionsOf keeps the decisions of image, compared as normalized references.
-func decisionsOf(ds []decision, image string) []decision {
+func decisionsOf(ds []status.Decision, image string) []status.Decision {
 	want := normalizeRef(image)
-	var out []decision
+	var out []status.Decision
 	for _, d := range ds {
 		if normalizeRef(d.ImageRef) == want {
 			out = append(out, d)
@@ -112,7 +100,7 @@ func normalizeRef(s string) string {
 }
 
 // printDecisionSummary prints one line per image, the most recent first.
-func printDecisionSummary(w io.Writer, ds []decision) error {
+func printDecisionSummary(w io.Writer, ds []status.Decision) error {
 	type row struct {
 		ref          string
 		last         time.Time
@@ -129,7 +117,7 @@ func printDecisionSummary(w io.Writer, ds []decision) error {
 		if d.Time.After(r.last) {
 			r.last = d.Time
 		}
-		if d.Result == "stream" {
+		if d.Result == status.ResultStream {
 			r.stream++
 		} else {
 			r.full++
@@ -148,7 +136,7 @@ func printDecisionSummary(w io.Writer, ds []decision) error {
 		for k, n := range r.reasons {
 			result, reason, _ := strings.Cut(k, ":")
 			label := reason
-			if result != "stream" {
+			if result != status.ResultStream {
 				label = "full: " + reason
 			}
 			reasons = append(reasons, fmt.Sprintf("%s ×%d", label, n))
@@ -164,13 +152,13 @@ func printDecisionSummary(w io.Writer, ds []decision) error {
 }
 
 // printImageDecisions prints each layer decision of one image and a hint per fallback reason.
-func printImageDecisions(w io.Writer, ds []decision) error {
+func printImageDecisions(w io.Writer, ds []status.Decision) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tLAYER\tRESULT\tREASON\tERROR")
 	reasons := map[string]bool{}
 	for _, d := range ds {
 		result := "streamed"
-		if d.Result != "stream" {
+		if d.Result != status.ResultStream {
 			result = "pulled in full"
 			reasons[d.Reason] = true
 		}
@@ -190,7 +178,7 @@ func printImageDecisions(w io.Writer, ds []decision) error {
 	sort.Strings(keys)
 	for _, r := range keys {
 		hint := fallbackHints[r]
-		if strings.HasPrefix(r, "platform ") {
+		if status.IsPlatformReason(r) {
 			hint = "the image's platform is not in streaming.platforms"
 		}
 		if hint == "" {
@@ -201,11 +189,11 @@ func printImageDecisions(w io.Writer, ds []decision) error {
 	return nil
 }
 
-func fetchDecisions(ctx context.Context, socket string) ([]decision, error) {
+func fetchDecisions(ctx context.Context, socket string) ([]status.Decision, error) {
 	client := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 	}}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://rill/v1/decisions", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://rill"+status.PathDecisions, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +209,7 @@ func fetchDecisions(ctx context.Context, socket string) ([]decision, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("rill-snapshotter at %s answered %s (older than rill why?)", socket, resp.Status)
 	}
-	var ds []decision
+	var ds []status.Decision
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&ds); err != nil {
 		return nil, fmt.Errorf("decode decisions: %w", err)
 	}

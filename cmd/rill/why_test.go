@@ -11,11 +11,11 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/rillstream/rill/snapshotter"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // serveDecisions serves ds on a unix socket as rill-snapshotter's status API does.
-func serveDecisions(t *testing.T, ds []snapshotter.Decision) string {
+func serveDecisions(t *testing.T, ds []status.Decision) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "status.sock")
 	lis, err := net.Listen("unix", sock)
@@ -37,7 +37,7 @@ func serveDecisions(t *testing.T, ds []snapshotter.Decision) string {
 func TestWhy(t *testing.T) {
 	now := time.Now().UTC()
 	l1, l2, l3 := digest.FromString("1"), digest.FromString("2"), digest.FromString("3")
-	sock := serveDecisions(t, []snapshotter.Decision{
+	sock := serveDecisions(t, []status.Decision{
 		{Time: now.Add(-time.Minute), ImageRef: "reg.example/team/app:v1", Layer: l1, Result: "stream", Reason: "bound-artifact"},
 		{Time: now.Add(-time.Minute), ImageRef: "reg.example/team/app:v1", Layer: l2, Result: "stream", Reason: "bound-artifact"},
 		{Time: now, ImageRef: "docker.io/library/debian:12", Layer: l3, Result: "fallback", Reason: "no-bound-artifact", Error: "not streamable: no-bound-artifact"},
@@ -68,7 +68,7 @@ func TestWhy(t *testing.T) {
 		t.Errorf("another image's layer listed:\n%s", out)
 	}
 	code, out, _ = rill(t, "why", "--socket", sock, "--json", "reg.example/team/app:v1")
-	var got []decision
+	var got []status.Decision
 	if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil || len(got) != 2 || got[0].Reason != "bound-artifact" || got[0].Layer != l1 {
 		t.Errorf("--json: exit %d, %v, %+v", code, err, got)
 	}

@@ -15,7 +15,7 @@ import (
 
 func newStore(t *testing.T, reg *remote.Registry, by string) *Store {
 	t.Helper()
-	c, err := convert.New(reg, convert.Access{Credentials: remote.Anonymous()})
+	c, err := convert.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}

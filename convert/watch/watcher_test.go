@@ -45,7 +45,7 @@ func newFixtureWith(t *testing.T, kind string, change func(*Config)) *fixture {
 		if progress != nil {
 			opts = append(opts, convert.WithProgress(progress))
 		}
-		return convert.New(f.reg, convert.Access{Credentials: remote.Anonymous()}, append(opts, extra...)...)
+		return convert.New(f.reg, append(opts, extra...)...)
 	}
 	c, err := newConverter(nil)
 	if err != nil {

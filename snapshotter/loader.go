@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/log"
 	rillfs "github.com/rillstream/rill/fs"
+	"github.com/rillstream/rill/snapshotter/status"
 )
 
 // loadedLayer is a layer resolved and its TOC loaded, or why not.
@@ -118,7 +119,7 @@ func (ll *layerLoader) start(l LayerLabels) *loadedLayer {
 func (ll *layerLoader) run(l LayerLabels, e *loadedLayer) {
 	host := registryHost(l.ImageRef)
 	if st, bad := ll.health.unhealthy(host); bad {
-		e.reason = "host-unhealthy"
+		e.reason = status.ReasonHostUnhealthy
 		e.err = fmt.Errorf("registry host %s failed a Prepare %s ago (%s): pulled in full without waiting for it until %s",
 			host, time.Since(st.Since).Round(time.Second), st.LastError, st.Until.Format(time.RFC3339))
 		return
@@ -130,7 +131,7 @@ func (ll *layerLoader) run(l LayerLabels, e *loadedLayer) {
 	ll.fetch(ctx, l, e)
 	switch {
 	case errors.Is(context.Cause(ctx), errHostUnhealthy):
-		e.reason, e.err = "host-unhealthy", fmt.Errorf("%w: %w", errHostUnhealthy, e.err)
+		e.reason, e.err = status.ReasonHostUnhealthy, fmt.Errorf("%w: %w", errHostUnhealthy, e.err)
 	case e.err != nil && ctx.Err() != nil:
 		e.err = fmt.Errorf("%w: %w", context.Cause(ctx), e.err)
 		ll.health.failed(host, e.err)
@@ -149,14 +150,14 @@ func (ll *layerLoader) fetch(ctx context.Context, l LayerLabels, e *loadedLayer)
 			e.reason, e.err = ns.Reason, err
 			return
 		}
-		e.reason, e.err = "resolve-error", err
+		e.reason, e.err = status.ReasonResolveError, err
 		return
 	}
 	toc, tocJSON, err := rillfs.LoadTOCJSON(ctx, layer.Blob, layer.Desc.Size, layer.TOCDigest, ll.limits)
 	if err != nil {
-		e.reason, e.err = "toc-fetch-error", err
+		e.reason, e.err = status.ReasonTOCFetchError, err
 		if errors.Is(err, rillfs.ErrInvalidTOC) {
-			e.reason = "toc-invalid"
+			e.reason = status.ReasonTOCInvalid
 		}
 		return
 	}
