@@ -3,62 +3,21 @@ package fs
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
-	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/convert"
-	"github.com/rillstream/rill/internal/testlayer"
+	"github.com/rillstream/rill/internal/benchlayer"
 )
 
-// runtimeLayer is a converted layer of about 35,000 TOC entries (testlayer.Runtime), the size
-// of the largest layer of a Python image with numpy and scipy: what a Prepare loads.
-// Converting it takes half a minute of CPU: it is kept in the temporary directory between runs.
-var runtimeLayer = sync.OnceValues(func() ([]byte, convert.Layer) {
-	cached := filepath.Join(os.TempDir(), "rill-bench-runtime-layer-v1")
-	if meta, err := os.ReadFile(cached + ".json"); err == nil {
-		var l convert.Layer
-		blob, err := os.ReadFile(cached + ".blob")
-		if err == nil && json.Unmarshal(meta, &l) == nil && digest.FromBytes(blob) == l.Digest {
-			return blob, l
-		}
-	}
-	tarBytes, err := testlayer.Tar(testlayer.Runtime(1, 30_000, 32), 0)
+// runtimeLayer is a converted layer of about 34,000 TOC entries, the size of the largest layer
+// of a Python image with numpy and scipy: what a Prepare loads.
+func runtimeLayer() ([]byte, convert.Layer) {
+	l, err := benchlayer.Runtime(1, 30_000, 32)
 	if err != nil {
 		panic(err)
 	}
-	var blob bytes.Buffer
-	l, err := convert.ConvertLayer(context.Background(), bytes.NewReader(tarBytes), &blob, convert.LayerOptions{})
-	if err != nil {
-		panic(err)
-	}
-	meta, _ := json.Marshal(l)
-	for name, data := range map[string][]byte{".blob": blob.Bytes(), ".json": meta} {
-		if f, err := os.CreateTemp(os.TempDir(), ".rill-bench-"); err == nil {
-			_, werr := f.Write(data)
-			if f.Close() != nil || werr != nil || os.Rename(f.Name(), cached+name) != nil {
-				os.Remove(f.Name())
-			}
-		}
-	}
-	return blob.Bytes(), l
-})
-
-// cpuTime reports the CPU time of the process per operation (cpu-ns/op) when the benchmark
-// ends: on a machine shared with other work, wall time per operation says little.
-func cpuTime(b *testing.B) {
-	var start syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &start)
-	b.Cleanup(func() {
-		var end syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &end)
-		ns := func(r syscall.Rusage) int64 { return r.Utime.Nano() + r.Stime.Nano() }
-		b.ReportMetric(float64(ns(end)-ns(start))/float64(b.N), "cpu-ns/op")
-	})
+	return l.Blob, l.Conv
 }
 
 func loadRuntimeLayer(b *testing.B) ([]byte, convert.Layer, *TOC, []byte) {
@@ -67,7 +26,7 @@ func loadRuntimeLayer(b *testing.B) ([]byte, convert.Layer, *TOC, []byte) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cpuTime(b)
+	benchlayer.CPUTime(b)
 	return blob, l, toc, tocJSON
 }
 

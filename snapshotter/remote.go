@@ -130,7 +130,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return "internal-error", err
 	}
 	dir := filepath.Join(s.snapshotsDir(), id)
-	idx, err := rillfs.NewIndex(toc)
+	idx, err := loaded.index()
 	if err != nil {
 		return "toc-invalid", err
 	}
