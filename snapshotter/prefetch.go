@@ -22,6 +22,7 @@ type loadedLayer struct {
 	// idx is built from toc ahead of the Prepare, for the one Prepare that takes the entry
 	// (it changes the index as it mounts it); nil for others, which build their own.
 	idx      *rillfs.Index
+	shared   *loadedTOC // the loader's entry for the TOC
 	reason   string
 	err      error
 	finished time.Time // when it was loaded
@@ -109,6 +110,13 @@ func (ll *layerLoader) take(ctx context.Context, l LayerLabels, others bool) (*l
 	owner := ll.layers[loadKey(l)] == e
 	if owner {
 		delete(ll.layers, loadKey(l))
+	}
+	if t := e.shared; t != nil {
+		// Loaded for a Prepare that came: the TOC is kept a little longer, for a Prepare of
+		// the same blob (a pull of the same image at once; this one, if it finds its
+		// resolution too old and resolves it again).
+		t.expires = time.Now().Add(tocKept)
+		ll.forgetTOC(tocKey{e.layer.Desc.Digest, e.layer.TOCDigest}, t, tocKept)
 	}
 	ll.mu.Unlock()
 	taken := *e
@@ -209,9 +217,8 @@ func (ll *layerLoader) fetch(ctx context.Context, l LayerLabels, e *loadedLayer)
 	ll.mu.Lock()
 	idx := t.idx
 	t.idx = nil
-	t.expires = time.Now().Add(tocKept)
 	ll.mu.Unlock()
-	e.layer, e.toc, e.tocJSON, e.idx, e.reason = layer, t.toc, t.tocJSON, idx, layer.Reason
+	e.layer, e.toc, e.tocJSON, e.idx, e.shared, e.reason = layer, t.toc, t.tocJSON, idx, t, layer.Reason
 }
 
 // loadTOC returns the TOC of layer loaded and indexed, loading it unless it is loaded or
@@ -244,7 +251,22 @@ func (ll *layerLoader) loadTOC(ctx context.Context, layer RemoteLayer) (*loadedT
 		delete(ll.tocs, key) // errors are not shared with later loads
 	}
 	ll.mu.Unlock()
+	if t.err == nil {
+		ll.forgetTOC(key, t, imageTTL)
+	}
 	return t, t.err
+}
+
+// forgetTOC drops t after d unless it was kept longer since: a node that pulls nothing more
+// does not hold the TOCs of its last pull.
+func (ll *layerLoader) forgetTOC(key tocKey, t *loadedTOC, d time.Duration) {
+	time.AfterFunc(d, func() {
+		ll.mu.Lock()
+		defer ll.mu.Unlock()
+		if ll.tocs[key] == t && !time.Now().Before(t.expires) {
+			delete(ll.tocs, key)
+		}
+	})
 }
 
 // fetchTOC reads the footer and TOC of layer (in one range request when the layer's

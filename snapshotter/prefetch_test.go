@@ -190,3 +190,36 @@ func TestConcurrentLoadsShareEachTOC(t *testing.T) {
 		}
 	}
 }
+
+// A layer loaded ahead whose Prepare comes late (the layers below it took long) is resolved
+// again, as the image may have changed since; its TOC, the same blob's with the same digest,
+// is not fetched again.
+func TestLateLoadResolvesAgainButKeepsTheTOC(t *testing.T) {
+	local, digests := threeLayers(t)
+	r := countReads(local, func(off int64) int64 { return off })
+	ll := testLoader(r)
+	if _, err := ll.load(context.Background(), imageLabels(digests, 0)); err != nil {
+		t.Fatal(err)
+	}
+	ll.mu.Lock()
+	ahead := ll.layers[loadKey(imageLabels(digests, 1))]
+	ll.mu.Unlock()
+	<-ahead.done
+	ll.mu.Lock()
+	ahead.finished = ahead.finished.Add(-time.Minute)
+	ll.mu.Unlock()
+
+	e, err := ll.load(context.Background(), imageLabels(digests, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.index(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.count(r.resolves, digests[1]); n != 2 {
+		t.Errorf("the late layer was resolved %d times, want twice", n)
+	}
+	if n := r.count(r.reads, r.layers[digests[1]].conv.Digest); n != 1 {
+		t.Errorf("%d range reads for the late layer's TOC, want one", n)
+	}
+}
