@@ -11,10 +11,12 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rillstream/rill/artifact"
 	"github.com/rillstream/rill/internal/benchlayer"
+	"github.com/sirupsen/logrus"
 )
 
 // linkBlob is a layer blob behind a link: each range read costs a round trip and the time its
@@ -73,6 +75,9 @@ func BenchmarkPull(b *testing.B) {
 	if os.Getuid() != 0 {
 		b.Skip("mounts FUSE: root only")
 	}
+	level := log.GetLevel()
+	log.SetLevel("warn") // a line per layer streamed
+	defer log.L.Logger.SetLevel(logrus.Level(level))
 	var layers []benchlayer.Layer
 	for _, spec := range [][3]int{{1, 30_000, 32}, {2, 5_000, 4}, {3, 1_000, 1}} {
 		l, err := benchlayer.Runtime(uint64(spec[0]), spec[1], spec[2])
