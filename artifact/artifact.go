@@ -62,4 +62,9 @@ const (
 	// AnnotationOriginalSize is the length of the original's tar bytes: the prefix of the
 	// decompressed eStargz layer that must hash to the original diff_id.
 	AnnotationOriginalSize = "dev.rill.streaming.v1.original.uncompressed-size"
+	// AnnotationTOCOffset is where the layer's TOC member starts in the blob (the offset its
+	// footer records): with the blob's size, a node fetches the TOC and the footer in one
+	// range request instead of the footer first. A hint only: the node checks it against the
+	// footer, and the TOC against its digest (TOCOffsetHint).
+	AnnotationTOCOffset = "dev.rill.streaming.v1.toc.offset"
 )

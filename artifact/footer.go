@@ -41,3 +41,18 @@ func ParseFooter(p []byte) (int64, error) {
 	}
 	return off, nil
 }
+
+// TOCOffsetHint returns the TOC offset a layer's annotations record (AnnotationTOCOffset), or 0
+// when they record none or one that cannot be right for a blob of blobSize bytes: a TOC
+// member of at least a byte before the footer.
+func TOCOffsetHint(annotations map[string]string, blobSize int64) int64 {
+	v, ok := annotations[AnnotationTOCOffset]
+	if !ok {
+		return 0
+	}
+	off, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || off <= 0 || off >= blobSize-FooterSize {
+		return 0
+	}
+	return off
+}

@@ -129,8 +129,12 @@ func Extend(toc *estargz.JTOC, headers []*tar.Header) (*JTOC, error) {
 	return out, nil
 }
 
-// DecodeTOC decodes TOC JSON.
+// DecodeTOC decodes TOC JSON, as encoding/json decodes it (decodeTOCFast, or encoding/json
+// itself for what that one leaves to it).
 func DecodeTOC(tocJSON []byte) (*JTOC, error) {
+	if toc, ok := decodeTOCFast(tocJSON); ok {
+		return toc, nil
+	}
 	var toc JTOC
 	if err := json.Unmarshal(tocJSON, &toc); err != nil {
 		return nil, fmt.Errorf("decode TOC JSON: %w", err)

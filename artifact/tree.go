@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -133,10 +134,10 @@ func NewTree(toc *JTOC, dataEnd int64) (*Tree, error) {
 	b := &indexBuilder{
 		toc:     toc,
 		dataEnd: dataEnd,
-		idx:     &Tree{Root: newDir(true)},
-		nodes:   map[string]*Node{},
-		strs:    map[string]string{},
+		nodes:   make(map[string]*Node, len(toc.Entries)+1),
+		strs:    make(map[string]string, len(toc.Entries)),
 	}
+	b.idx = &Tree{Root: b.newDir(true)}
 	b.nodes[""] = b.idx.Root
 	b.idx.DataEnd = dataEnd
 	if err := b.build(); err != nil {
@@ -150,9 +151,37 @@ func (b *indexBuilder) intern(s string) string {
 	if v, ok := b.strs[s]; ok {
 		return v
 	}
-	v := strings.Clone(s)
+	v := b.clone(s)
 	b.strs[v] = v
 	return v
+}
+
+// clone copies s into the builder's string arena: blocks of stringBlock bytes, each one
+// allocation for hundreds of names and digests (the strings of a tree live as long as it).
+func (b *indexBuilder) clone(s string) string {
+	if len(s) > stringBlock/4 {
+		return strings.Clone(s)
+	}
+	if b.arena.Cap()-b.arena.Len() < len(s) {
+		b.arena = strings.Builder{}
+		b.arena.Grow(stringBlock)
+	}
+	b.arena.WriteString(s)
+	all := b.arena.String()
+	return all[len(all)-len(s):]
+}
+
+const stringBlock = 16 << 10
+
+// newNode allocates a node from the builder's slab: a layer has one per entry.
+func (b *indexBuilder) newNode(n Node) *Node {
+	if len(b.slab) == 0 {
+		b.slab = make([]Node, min(256, max(16, len(b.toc.Entries)/8)))
+	}
+	p := &b.slab[0]
+	b.slab = b.slab[1:]
+	*p = n
+	return p
 }
 
 type indexBuilder struct {
@@ -170,10 +199,14 @@ type indexBuilder struct {
 	// offsets of every gzip member recorded in the TOC, to find where each chunk ends.
 	offsets []int64
 	chunked []*Node
+	// arena holds the strings the tree keeps, slab its nodes.
+	arena     strings.Builder
+	slab      []Node
+	chunkSlab []Chunk
 }
 
-func newDir(implied bool) *Node {
-	return &Node{Kind: KindDir, Mode: 0o755, Nlink: 2, Implied: implied}
+func (b *indexBuilder) newDir(implied bool) *Node {
+	return b.newNode(Node{Kind: KindDir, Mode: 0o755, Nlink: 2, Implied: implied})
 }
 
 func (b *indexBuilder) build() error {
@@ -202,7 +235,7 @@ func (b *indexBuilder) build() error {
 		if name == estargz.PrefetchLandmark && b.idx.Prioritized == nil {
 			b.idx.Prioritized = make([]string, len(b.regOrder))
 			for i, p := range b.regOrder {
-				b.idx.Prioritized[i] = strings.Clone(p)
+				b.idx.Prioritized[i] = b.clone(p)
 			}
 		}
 		lastFile, lastFileName = nil, ""
@@ -237,7 +270,9 @@ func cleanName(name string) (string, error) {
 	if strings.HasPrefix(trimmed, "/") {
 		return "", fmt.Errorf("name %q is absolute", name)
 	}
-	for _, c := range strings.Split(trimmed, "/") {
+	for rest, more := trimmed, true; more; {
+		var c string
+		c, rest, more = strings.Cut(rest, "/")
 		switch {
 		case c == "" || c == ".":
 			return "", fmt.Errorf("name %q has an empty or '.' component", name)
@@ -262,7 +297,7 @@ func (b *indexBuilder) parent(dir string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := newDir(true)
+	n := b.newDir(true)
 	b.link(grand, b.intern(path.Base(dir)), n)
 	b.nodes[dir] = n
 	return n, nil
@@ -313,7 +348,7 @@ func (b *indexBuilder) add(name string, e *TOCEntry) (*Node, error) {
 			return nil, fmt.Errorf("whiteout of %q", target)
 		}
 		b.remove(dir, parentOf(name), target)
-		return b.place(dir, parentOf(name), target, &Node{Kind: KindWhiteout, UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1})
+		return b.place(dir, joinPath(parentOf(name), target), target, b.newNode(Node{Kind: KindWhiteout, UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1}))
 	}
 
 	if existing, ok := b.nodes[name]; ok {
@@ -333,18 +368,18 @@ func (b *indexBuilder) add(name string, e *TOCEntry) (*Node, error) {
 	var n *Node
 	switch e.Type {
 	case "dir":
-		n = newDir(false)
+		n = b.newDir(false)
 	case "reg":
 		if e.Size < 0 {
 			return nil, fmt.Errorf("negative size %d", e.Size)
 		}
-		n = &Node{Kind: KindReg, Size: e.Size, Nlink: 1}
+		n = b.newNode(Node{Kind: KindReg, Size: e.Size, Nlink: 1})
 		if e.Size > 0 {
 			c, err := b.chunk(e, 0, e.Size)
 			if err != nil {
 				return nil, err
 			}
-			n.Chunks = []Chunk{c}
+			n.Chunks = b.oneChunk(c)
 			b.chunked = append(b.chunked, n)
 		}
 	case "hardlink":
@@ -362,39 +397,55 @@ func (b *indexBuilder) add(name string, e *TOCEntry) (*Node, error) {
 			return nil, err
 		}
 		t.Nlink++
-		return b.place(dir, parentOf(name), base, t)
+		return b.place(dir, name, base, t)
 	case "symlink":
 		link := e.RawLinkName()
 		if link == "" || len(link) > maxPathLength || strings.ContainsRune(link, 0) {
 			return nil, fmt.Errorf("symlink target %q: invalid", link)
 		}
-		n = &Node{Kind: KindSymlink, Link: b.intern(link), Size: int64(len(link)), Nlink: 1}
+		n = b.newNode(Node{Kind: KindSymlink, Link: b.intern(link), Size: int64(len(link)), Nlink: 1})
 	case "char", "block":
 		if e.DevMajor < 0 || e.DevMinor < 0 || e.DevMajor > 0xfff || e.DevMinor > 0xfffff {
 			return nil, fmt.Errorf("device number %d:%d out of range", e.DevMajor, e.DevMinor)
 		}
-		n = &Node{Kind: KindChar, Major: uint32(e.DevMajor), Minor: uint32(e.DevMinor), Nlink: 1}
+		n = b.newNode(Node{Kind: KindChar, Major: uint32(e.DevMajor), Minor: uint32(e.DevMinor), Nlink: 1})
 		if e.Type == "block" {
 			n.Kind = KindBlock
 		}
 	case "fifo":
-		n = &Node{Kind: KindFifo, Nlink: 1}
+		n = b.newNode(Node{Kind: KindFifo, Nlink: 1})
 	default:
 		return nil, fmt.Errorf("unknown entry type %q", e.Type)
 	}
 	if err := b.applyMeta(n, e); err != nil {
 		return nil, err
 	}
-	return b.place(dir, parentOf(name), base, n)
+	return b.place(dir, name, base, n)
+}
+
+func joinPath(dir, base string) string {
+	if dir == "" {
+		return base
+	}
+	return dir + "/" + base
+}
+
+// oneChunk returns a slice holding c, from a slab shared by the files of the layer (most have
+// one chunk); a file with more grows its own slice.
+func (b *indexBuilder) oneChunk(c Chunk) []Chunk {
+	if len(b.chunkSlab) == 0 {
+		b.chunkSlab = make([]Chunk, min(256, max(16, len(b.toc.Entries)/8)))
+	}
+	s := b.chunkSlab[:1:1]
+	b.chunkSlab = b.chunkSlab[1:]
+	s[0] = c
+	return s
 }
 
 // remove takes base out of dir (named dirName), as containerd's extraction removes what an
 // entry replaces: a directory with everything under it. Hardlinked files lose a name.
 func (b *indexBuilder) remove(dir *Node, dirName, base string) {
-	full := base
-	if dirName != "" {
-		full = dirName + "/" + base
-	}
+	full := joinPath(dirName, base)
 	n, ok := b.nodes[full]
 	if !ok {
 		return
@@ -425,14 +476,10 @@ func (b *indexBuilder) remove(dir *Node, dirName, base string) {
 	}
 }
 
-// place puts n under dir as base, refusing to replace anything.
-func (b *indexBuilder) place(dir *Node, dirName, base string, n *Node) (*Node, error) {
-	full := base
-	if dirName != "" {
-		full = dirName + "/" + base
-	}
+// place puts n under dir as base (its path is full), refusing to replace anything.
+func (b *indexBuilder) place(dir *Node, full, base string, n *Node) (*Node, error) {
 	if _, taken := b.nodes[full]; taken {
-		return nil, fmt.Errorf("%s already exists in %q", base, dirName)
+		return nil, fmt.Errorf("%s already exists in %q", base, parentOf(full))
 	}
 	b.link(dir, base, n)
 	b.nodes[full] = n
@@ -480,13 +527,36 @@ func (b *indexBuilder) chunk(e *TOCEntry, fileOffset, fileSize int64) (Chunk, er
 	if size > MaxChunkSize {
 		return Chunk{}, fmt.Errorf("chunk at %d has %d bytes, more than the limit of %d", fileOffset, size, MaxChunkSize)
 	}
-	d, err := digest.Parse(e.ChunkDigest)
-	if err != nil {
-		return Chunk{}, fmt.Errorf("chunk at %d: digest %q: %v", fileOffset, e.ChunkDigest, err)
+	if !isSHA256(e.ChunkDigest) {
+		if _, err := digest.Parse(e.ChunkDigest); err != nil {
+			return Chunk{}, fmt.Errorf("chunk at %d: digest %q: %v", fileOffset, e.ChunkDigest, err)
+		}
 	}
 	b.offsets = append(b.offsets, e.Offset)
-	return Chunk{Offset: fileOffset, Size: size, BlobOffset: e.Offset, Digest: digest.Digest(strings.Clone(string(d)))}, nil
+	return Chunk{Offset: fileOffset, Size: size, BlobOffset: e.Offset, Digest: digest.Digest(b.clone(e.ChunkDigest))}, nil
 }
+
+// isSHA256 reports whether d is a sha256 digest as digest.Parse accepts it (lower-case hex),
+// without its regular expression: a TOC has one per chunk.
+func isSHA256(d string) bool {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hex) != 64 {
+		return false
+	}
+	for i := 0; i < len(hex); i++ {
+		if !lowerHex[hex[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var lowerHex = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()
 
 func (b *indexBuilder) addChunk(e *TOCEntry, file *Node, fileName string) error {
 	name, err := cleanName(e.RawName())
@@ -511,7 +581,7 @@ func (b *indexBuilder) addChunk(e *TOCEntry, file *Node, fileName string) error 
 // finish checks that chunks tile their files, computes where each chunk's compressed bytes
 // end, and sorts directory listings.
 func (b *indexBuilder) finish() error {
-	sort.Slice(b.offsets, func(i, j int) bool { return b.offsets[i] < b.offsets[j] })
+	slices.Sort(b.offsets)
 	for i := 1; i < len(b.offsets); i++ {
 		if b.offsets[i] == b.offsets[i-1] {
 			return fmt.Errorf("two chunks stored at blob offset %d", b.offsets[i])
@@ -554,13 +624,22 @@ func (b *indexBuilder) finish() error {
 	}
 	walk(b.idx.Root)
 	// Count what the tree holds (a file listed twice counts once, a hardlinked one too).
-	seen := map[*Node]bool{}
+	var seen map[*Node]bool
 	for _, n := range b.nodes {
-		if n.Kind == KindReg && !seen[n] {
-			seen[n] = true
-			b.idx.Files++
-			b.idx.Bytes += n.Size
+		if n.Kind != KindReg {
+			continue
 		}
+		if n.Nlink > 1 {
+			if seen[n] {
+				continue
+			}
+			if seen == nil {
+				seen = map[*Node]bool{}
+			}
+			seen[n] = true
+		}
+		b.idx.Files++
+		b.idx.Bytes += n.Size
 	}
 	// The listings of all directories share two arrays of exactly their size.
 	total := 0

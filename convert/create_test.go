@@ -245,6 +245,11 @@ func assertArtifact(t *testing.T, reg *remote.Registry, img *testImage, s ocispe
 		if r.TOCDigest().String() != l.Annotations[artifact.AnnotationTOCDigest] {
 			t.Errorf("layer %d: TOC digest %s, annotated %s", i, r.TOCDigest(), l.Annotations[artifact.AnnotationTOCDigest])
 		}
+		// The TOC offset the layer is annotated with is the footer's: nodes read both at once.
+		footerOffset, err := artifact.ParseFooter(blob[len(blob)-artifact.FooterSize:])
+		if err != nil || artifact.TOCOffsetHint(l.Annotations, l.Size) != footerOffset {
+			t.Errorf("layer %d: annotated with TOC offset %q, the footer records %d (%v)", i, l.Annotations[artifact.AnnotationTOCOffset], footerOffset, err)
+		}
 		for _, e := range tarNames(t, img.tars[i]) {
 			if _, ok := r.Lookup(e); !ok {
 				t.Errorf("layer %d: %s is not in the TOC", i, e)

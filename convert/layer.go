@@ -68,6 +68,8 @@ type Layer struct {
 	UncompressedSize int64
 	// TOCDigest is the digest of the TOC JSON.
 	TOCDigest digest.Digest
+	// TOCOffset is where the TOC's gzip member starts in the blob (the footer records it).
+	TOCOffset int64
 	// OriginalDiffID and OriginalSize describe the original tar: the first OriginalSize bytes
 	// of the decompressed layer hash to OriginalDiffID.
 	OriginalDiffID digest.Digest
@@ -77,13 +79,17 @@ type Layer struct {
 // Annotations returns the annotations of the layer's descriptor in a streaming artifact;
 // originalDigest is the digest of the layer it was converted from.
 func (l Layer) Annotations(originalDigest digest.Digest) map[string]string {
-	return map[string]string{
+	a := map[string]string{
 		artifact.AnnotationTOCDigest:        l.TOCDigest.String(),
 		artifact.AnnotationUncompressedSize: fmt.Sprint(l.UncompressedSize),
 		artifact.AnnotationOriginalDigest:   originalDigest.String(),
 		artifact.AnnotationOriginalDiffID:   l.OriginalDiffID.String(),
 		artifact.AnnotationOriginalSize:     fmt.Sprint(l.OriginalSize),
 	}
+	if l.TOCOffset > 0 {
+		a[artifact.AnnotationTOCOffset] = fmt.Sprint(l.TOCOffset)
+	}
+	return a
 }
 
 // ConvertLayer reads a layer (gzip-compressed or plain tar) from src and writes its
@@ -184,6 +190,7 @@ func convertLayer(ctx context.Context, src io.Reader, out *hashingWriter, opts L
 		DiffID:           diffID,
 		UncompressedSize: counter.written + counter.tocBytes,
 		TOCDigest:        tocDigest,
+		TOCOffset:        counter.tocOffset,
 		OriginalDiffID:   digest.NewDigest(digest.SHA256, orig.h),
 		OriginalSize:     orig.n,
 	}, nil

@@ -4,7 +4,8 @@
 //
 // A layer goes through three steps:
 //
-//   - LoadTOC reads the footer and the TOC from the blob (two range reads), checks the TOC
+//   - LoadTOC reads the footer and the TOC from the blob (two range reads; one with
+//     LoadTOCJSONAt when the layer's annotation says where the TOC starts), checks the TOC
 //     against the digest recorded in the image (the TOC is the root of trust for every byte
 //     served) and enforces size limits;
 //   - NewIndex validates the TOC as hostile input — paths that escape or repeat, entries that

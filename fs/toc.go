@@ -3,13 +3,13 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/artifact"
 )
@@ -62,6 +62,16 @@ func LoadTOC(ctx context.Context, blob io.ReaderAt, blobSize int64, want digest.
 // LoadTOCJSON is LoadTOC that also returns the TOC JSON, to keep it on disk: ParseTOC reads it
 // back without the network.
 func LoadTOCJSON(ctx context.Context, blob io.ReaderAt, blobSize int64, want digest.Digest, limits Limits) (*TOC, []byte, error) {
+	return LoadTOCJSONAt(ctx, blob, blobSize, 0, want, limits)
+}
+
+// LoadTOCJSONAt is LoadTOCJSON told where the TOC member starts (hint: the layer's
+// artifact.AnnotationTOCOffset, 0 when unknown), so that one range read fetches the TOC
+// member and the footer together instead of the footer first. The hint decides only which
+// bytes are read: the TOC is where the footer says and must have digest want, whatever the
+// hint says, and a hint past the footer's offset costs one more read (of the TOC where the
+// footer says it is). A hint that would read more than the TOC limit is ignored.
+func LoadTOCJSONAt(ctx context.Context, blob io.ReaderAt, blobSize, hint int64, want digest.Digest, limits Limits) (*TOC, []byte, error) {
 	limits = limits.withDefaults()
 	if err := want.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("%w: TOC digest %q: %v", ErrInvalidTOC, want, err)
@@ -70,24 +80,38 @@ func LoadTOCJSON(ctx context.Context, blob io.ReaderAt, blobSize int64, want dig
 	if blobSize < footerSize {
 		return nil, nil, fmt.Errorf("%w: blob of %d bytes is smaller than an eStargz footer", ErrInvalidTOC, blobSize)
 	}
-	footer := make([]byte, footerSize)
-	if _, err := readFull(ctx, blob, footer, blobSize-footerSize); err != nil {
+	tocEnd := blobSize - footerSize
+	// tail holds the blob's bytes from tailOffset to its end: the footer, and the TOC member
+	// too when the hint is right.
+	tailOffset := tocEnd
+	if hint > 0 && hint < tocEnd && tocEnd-hint <= limits.MaxTOCBytes {
+		tailOffset = hint
+	}
+	tail := make([]byte, blobSize-tailOffset)
+	if _, err := readFull(ctx, blob, tail, tailOffset); err != nil {
+		if tailOffset < tocEnd {
+			return nil, nil, fmt.Errorf("read TOC and footer: %w", err)
+		}
 		return nil, nil, fmt.Errorf("read footer: %w", err)
 	}
-	tocOffset, err := artifact.ParseFooter(footer)
+	tocOffset, err := artifact.ParseFooter(tail[len(tail)-int(footerSize):])
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: footer: %v", ErrInvalidTOC, err)
 	}
-	tocEnd := blobSize - footerSize
 	if tocOffset < 0 || tocOffset >= tocEnd {
 		return nil, nil, fmt.Errorf("%w: TOC offset %d outside the blob (%d bytes)", ErrInvalidTOC, tocOffset, blobSize)
 	}
 	if tocEnd-tocOffset > limits.MaxTOCBytes {
 		return nil, nil, fmt.Errorf("%w: TOC of %d bytes is larger than the limit of %d", ErrInvalidTOC, tocEnd-tocOffset, limits.MaxTOCBytes)
 	}
-	compressed := make([]byte, tocEnd-tocOffset)
-	if _, err := readFull(ctx, blob, compressed, tocOffset); err != nil {
-		return nil, nil, fmt.Errorf("read TOC: %w", err)
+	var compressed []byte
+	if tocOffset >= tailOffset {
+		compressed = tail[tocOffset-tailOffset : tocEnd-tailOffset]
+	} else {
+		compressed = make([]byte, tocEnd-tocOffset)
+		if _, err := readFull(ctx, blob, compressed, tocOffset); err != nil {
+			return nil, nil, fmt.Errorf("read TOC: %w", err)
+		}
 	}
 	tocJSON, err := decompressTOC(compressed, limits.MaxTOCBytes)
 	if err != nil {
@@ -124,7 +148,8 @@ func ParseTOC(tocJSON []byte, tocOffset, blobSize int64, want digest.Digest, lim
 }
 
 // decompressTOC extracts the TOC JSON from its gzip member: a tar holding one file named
-// stargz.index.json.
+// stargz.index.json. klauspost's gzip decompresses it in half the time of the standard
+// library's (megabytes of JSON before a layer mounts).
 func decompressTOC(compressed []byte, limit int64) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
@@ -142,8 +167,8 @@ func decompressTOC(compressed []byte, limit int64) ([]byte, error) {
 	if h.Size > limit {
 		return nil, fmt.Errorf("TOC JSON of %d bytes is larger than the limit of %d", h.Size, limit)
 	}
-	data, err := io.ReadAll(tr)
-	if err != nil {
+	data := make([]byte, h.Size)
+	if _, err := io.ReadFull(tr, data); err != nil {
 		return nil, fmt.Errorf("TOC tar: %v", err)
 	}
 	return data, nil

@@ -120,7 +120,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 		return status.ReasonInternalError, err
 	}
 	dir := filepath.Join(s.snapshotsDir(), id)
-	idx, err := rillfs.NewIndex(toc)
+	idx, err := loaded.index()
 	if err != nil {
 		return status.ReasonTOCInvalid, err
 	}
