@@ -2,13 +2,14 @@ package fs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"syscall"
+	"os"
+	"path/filepath"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/rillstream/rill/cache"
 	"github.com/sirupsen/logrus"
@@ -42,6 +43,10 @@ type MountOptions struct {
 	// RecordWindow, when positive, records the order in which files are first opened during
 	// that long after the mount (Mounted.Recorded): the image's prefetch profile.
 	RecordWindow time.Duration
+	// StateDir, when set, is a directory of the layer's own where Mount keeps what a later
+	// process needs to serve the same FUSE connection again (Resume): the INIT answered, the
+	// numbering of the nodes, the io mode of each inode.
+	StateDir string
 	// Buffer keeps in memory the chunks read that the cache could not store (its disk full,
 	// its budget held), so that they are not fetched again; nil: none are kept.
 	Buffer *ChunkBuffer
@@ -51,137 +56,227 @@ type MountOptions struct {
 // is immutable for as long as it is mounted.
 const cacheForever = 365 * 24 * time.Hour
 
-// layerFS is what the nodes of one mounted layer share.
-type layerFS struct {
-	noPassthrough bool
-	reader        *chunkReader
-	cache         *cache.Layer // nil: no cache
-	readTimeout   time.Duration
-	metrics       *Metrics
-	log           *logrus.Entry
-	// bytes and files of the layer, for statfs.
-	bytes int64
-	files int
-	// recorder records first opens (nil: not recording).
-	recorder *recorder
-	// backgroundRate caps the background fetch (nil: no cap).
-	backgroundRate *rate.Limiter
-}
-
 // Mounted is a layer served through FUSE.
 type Mounted struct {
-	server     *fuse.Server
+	conn       *conn
 	mountpoint string
-	lfs        *layerFS
+	lfs        *layerFS // nil for an unavailable layer
 	idx        *Index
-	// ctx ends at Unmount: background work of the layer stops with it.
+	stateDir   string
+	// ctx ends at Unmount or Stop: background work of the layer stops with it.
 	ctx      context.Context
 	cancel   context.CancelFunc
 	prefetch *prefetcher
+	// stopped is closed once the connection is no longer served by this process.
+	stopped chan struct{}
 }
 
-// Mount serves idx, whose file data is in blob, at mountpoint (an existing directory).
-func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt, opts MountOptions) (*Mounted, error) {
-	if opts.ReadTimeout <= 0 {
-		opts.ReadTimeout = 30 * time.Second
+// connState is what the next process needs to serve a connection: the INIT request answered
+// (replayed into its protocol server) and the numbering of the nodes.
+type connState struct {
+	Scheme string `json:"scheme"`
+	Nodes  int    `json:"nodes"`
+	Init   []byte `json:"init"`
+}
+
+const connStateFile = "fuse-conn.json"
+
+// ErrNotResumable is wrapped by Resume when the connection cannot be served again by this
+// process: its state is missing or does not match the layer (another numbering of the nodes).
+var ErrNotResumable = errors.New("FUSE connection not resumable")
+
+func (o *MountOptions) withDefaults(mountpoint string) {
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 30 * time.Second
 	}
-	if opts.Metrics == nil {
-		opts.Metrics = NewMetrics()
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics()
 	}
-	if opts.Log == nil {
-		opts.Log = logrus.NewEntry(logrus.StandardLogger())
+	if o.Log == nil {
+		o.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	log := opts.Log.WithField("mountpoint", mountpoint)
+	o.Log = o.Log.WithField("mountpoint", mountpoint)
+}
+
+func newLayerFS(idx *Index, blob io.ReaderAt, opts MountOptions) *layerFS {
 	lfs := &layerFS{
-		reader:        &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: log, buffer: opts.Buffer},
-		cache:         opts.Cache,
-		noPassthrough: opts.NoPassthrough,
-		readTimeout:   opts.ReadTimeout,
-		metrics:       opts.Metrics,
-		log:           log,
-		bytes:         idx.Bytes,
-		files:         idx.Files,
+		RawFileSystem:  fuse.NewDefaultRawFileSystem(),
+		reader:         &chunkReader{blob: blob, cache: opts.Cache, metrics: opts.Metrics, log: opts.Log, buffer: opts.Buffer},
+		cache:          opts.Cache,
+		noPassthrough:  opts.NoPassthrough,
+		readTimeout:    opts.ReadTimeout,
+		metrics:        opts.Metrics,
+		log:            opts.Log,
+		bytes:          idx.Bytes,
+		files:          idx.Files,
+		backgroundRate: opts.BackgroundRate,
+		nodes:          newNodeTable(idx.Root),
+		handles:        newHandleTable(),
 	}
 	if opts.RecordWindow > 0 {
 		lfs.recorder = newRecorder(opts.RecordWindow)
 	}
-	lfs.backgroundRate = opts.BackgroundRate
 	if opts.Cache != nil {
 		lfs.reader.neighbours = idx.segments()[1:] // without the headers before the first chunk
 	}
-	root := &node{n: idx.Root, ino: 1, layer: lfs}
+	return lfs
+}
+
+// handshakeTimeout bounds the wait for the kernel's INIT after mount(2).
+const handshakeTimeout = 10 * time.Second
+
+// Mount serves idx, whose file data is in blob, at mountpoint (an existing directory). With
+// opts.StateDir, what a later process needs to serve the connection again (Resume) is kept
+// there.
+func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt, opts MountOptions) (*Mounted, error) {
+	opts.withDefaults(mountpoint)
+	lfs := newLayerFS(idx, blob, opts)
+	iom, err := newIOModes(opts.StateDir, lfs.nodes.len(), false)
+	if err != nil {
+		return nil, err
+	}
+	lfs.io = iom
+	dev, err := openDevice()
+	if err != nil {
+		iom.close()
+		return nil, err
+	}
+	c, err := newConn(dev, lfs, opts.Log)
+	if err == nil {
+		lfs.conn = c
+		err = mountConn(dev, c.fd, mountpoint, "rill")
+	}
+	if err != nil {
+		dev.Close()
+		iom.close()
+		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+	}
+	init, err := c.handshake(handshakeTimeout)
+	if err == nil && opts.StateDir != "" {
+		var state []byte
+		state, err = json.Marshal(connState{Scheme: idScheme, Nodes: lfs.nodes.len(), Init: init})
+		if err == nil {
+			err = writeFileAtomic(filepath.Join(opts.StateDir, connStateFile), state)
+		}
+	}
+	if err != nil {
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		dev.Close()
+		iom.close()
+		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+	}
+	return start(c, mountpoint, lfs, idx, opts), nil
+}
+
+// Resume serves again, in this process, a layer an earlier process mounted with the same
+// opts.StateDir and served through dev (its /dev/fuse descriptor, kept across the restart):
+// same index, same node IDs, the open files' handles still valid. Requests the earlier
+// process took and did not answer are sent again by the kernel (FUSE_NOTIFY_RESEND, Linux
+// 6.9+; on older kernels they wait until the layer is unmounted). dev stays the caller's.
+func Resume(ctx context.Context, dev *os.File, mountpoint string, idx *Index, blob io.ReaderAt, opts MountOptions) (*Mounted, error) {
+	opts.withDefaults(mountpoint)
+	if opts.StateDir == "" {
+		return nil, fmt.Errorf("resume layer at %s: no state directory: %w", mountpoint, ErrNotResumable)
+	}
+	state, err := readConnState(opts.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("resume layer at %s: %w", mountpoint, err)
+	}
+	lfs := newLayerFS(idx, blob, opts)
+	if state.Scheme != idScheme || state.Nodes != lfs.nodes.len() {
+		return nil, fmt.Errorf("resume layer at %s: served with %d nodes numbered %q, now %d numbered %q: %w",
+			mountpoint, state.Nodes, state.Scheme, lfs.nodes.len(), idScheme, ErrNotResumable)
+	}
+	iom, err := newIOModes(opts.StateDir, lfs.nodes.len(), true)
+	if err != nil {
+		return nil, fmt.Errorf("resume layer at %s: %w", mountpoint, err)
+	}
+	lfs.io = iom
+	own, err := adoptDevice(dev)
+	if err != nil {
+		iom.close()
+		return nil, err
+	}
+	c, err := newConn(own, lfs, opts.Log)
+	if err == nil {
+		lfs.conn = c
+		err = c.replayInit(state.Init)
+	}
+	if err != nil {
+		own.Close()
+		iom.close()
+		return nil, fmt.Errorf("resume layer at %s: %w: %w", mountpoint, err, ErrNotResumable)
+	}
+	m := start(c, mountpoint, lfs, idx, opts)
+	if err := c.resend(); err != nil {
+		opts.Log.WithError(err).Warn("the kernel cannot resend the requests the previous process left unanswered (Linux < 6.9): those reads wait until the layer is unmounted")
+	}
+	return m, nil
+}
+
+func readConnState(dir string) (connState, error) {
+	var state connState
+	data, err := os.ReadFile(filepath.Join(dir, connStateFile))
+	if err != nil {
+		return state, fmt.Errorf("%w: %w", ErrNotResumable, err)
+	}
+	if err := json.Unmarshal(data, &state); err != nil {
+		return state, fmt.Errorf("%w: decode %s: %w", ErrNotResumable, connStateFile, err)
+	}
+	return state, nil
+}
+
+// start serves c and returns the layer.
+func start(c *conn, mountpoint string, lfs *layerFS, idx *Index, opts MountOptions) *Mounted {
 	if opts.Cache != nil {
 		opts.Cache.Pin()
 	}
-	timeout := cacheForever
-	server, err := gofs.Mount(mountpoint, root, &gofs.Options{
-		MountOptions: fuse.MountOptions{
-			FsName:        "rill",
-			Name:          "rill",
-			AllowOther:    true, // containers run as any user
-			Debug:         opts.Debug,
-			DisableXAttrs: false,
-			// Let the kernel check permissions against the modes we report.
-			Options: []string{"ro", "default_permissions"},
-		},
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		NullPermissions: true,
-		OnAdd: func(ctx context.Context) {
-			buildTree(ctx, root, lfs)
-		},
-	})
-	if err != nil {
+	bg, cancel := context.WithCancel(context.Background())
+	m := &Mounted{conn: c, mountpoint: mountpoint, lfs: lfs, idx: idx, stateDir: opts.StateDir, ctx: bg, cancel: cancel, stopped: make(chan struct{})}
+	go c.serve()
+	go func() {
+		// However the connection stops being served here (Unmount, an unmount from outside,
+		// the last user of a detached mount letting go, Stop), the layer is no longer served.
+		<-c.done
+		if c.err != nil && !errors.Is(c.err, errConnStopped) {
+			opts.Log.WithError(c.err).Warn("FUSE connection failed")
+		}
+		if !errors.Is(c.err, errConnStopped) {
+			c.dev.Close()
+			if lfs != nil && lfs.io != nil {
+				lfs.io.close()
+			}
+		}
 		if opts.Cache != nil {
 			opts.Cache.Unpin()
 		}
-		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
-	}
-	if opts.Cache != nil {
-		// However the server stops (Unmount, an unmount from outside, the last user of a
-		// detached mount letting go), the layer is no longer served.
-		go func() {
-			server.Wait()
-			opts.Cache.Unpin()
-		}()
-	}
-	bg, cancel := context.WithCancel(context.Background())
-	return &Mounted{server: server, mountpoint: mountpoint, lfs: lfs, idx: idx, ctx: bg, cancel: cancel}, nil
+		close(m.stopped)
+	}()
+	return m
 }
 
-// buildTree creates the inodes of the whole tree once; hardlinked names share one inode.
-func buildTree(ctx context.Context, root *node, lfs *layerFS) {
-	inodes := map[*Node]*gofs.Inode{}
-	next := uint64(2)
-	var walk func(dir *gofs.Inode, n *Node)
-	walk = func(dir *gofs.Inode, n *Node) {
-		for i, name := range n.Names {
-			child := n.Children[i]
-			if in, ok := inodes[child]; ok {
-				dir.AddChild(name, in, false)
-				continue
-			}
-			ino := next
-			next++
-			var emb gofs.InodeEmbedder
-			switch child.Kind {
-			case KindReg:
-				emb = &fileNode{node: node{n: child, ino: ino, layer: lfs}}
-			case KindSymlink:
-				emb = &symlinkNode{node: node{n: child, ino: ino, layer: lfs}}
-			default:
-				emb = &node{n: child, ino: ino, layer: lfs}
-			}
-			in := dir.NewPersistentInode(ctx, emb, gofs.StableAttr{Mode: child.FileMode() & syscall.S_IFMT, Ino: ino})
-			inodes[child] = in
-			dir.AddChild(name, in, false)
-			if child.Kind == KindDir {
-				walk(in, child)
-			}
-		}
+// Device returns the layer's /dev/fuse descriptor: kept outside the process (fdstore), it keeps
+// the mount alive across a restart, and Resume serves it again. It stays the layer's.
+func (m *Mounted) Device() *os.File { return m.conn.dev }
+
+// handOverWait bounds how long Stop lets requests in flight finish.
+const handOverWait = 500 * time.Millisecond
+
+// Stop stops serving the layer in this process and leaves it mounted: its connection lives on
+// in whoever else holds the descriptor (Device), and a later process serves it again
+// (Resume). Requests being answered get up to half a second; the others are sent again to the
+// next process. Background work of the layer stops.
+func (m *Mounted) Stop() {
+	m.cancel()
+	if m.lfs != nil {
+		m.lfs.reader.buffer.drop(m.lfs.reader)
 	}
-	walk(&root.Inode, root.n)
+	m.conn.stop(handOverWait)
+	<-m.stopped
+	if m.lfs != nil && m.lfs.io != nil {
+		m.lfs.io.close()
+	}
+	m.conn.dev.Close()
 }
 
 // Unmount unmounts the layer and stops serving it. A layer still referenced — an overlay mount
@@ -207,10 +302,8 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	default:
 		return fmt.Errorf("unmount %s: %w", m.mountpoint, err)
 	}
-	stopped := make(chan struct{})
-	go func() { m.server.Wait(); close(stopped) }()
 	select {
-	case <-stopped:
+	case <-m.stopped:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("layer %s is unmounted but still referenced (by an overlay mount of a running container?): served until its last user lets go: %w", m.mountpoint, ErrInUse)
@@ -233,5 +326,5 @@ func (m *Mounted) LocalBytes() int64 {
 	return m.lfs.cache.PresentBytes(func(key string) bool { return !isRecordKey(key) })
 }
 
-// Wait blocks until the filesystem is unmounted.
-func (m *Mounted) Wait() { m.server.Wait() }
+// Wait blocks until the filesystem is no longer served here (unmounted, or Stop).
+func (m *Mounted) Wait() { <-m.stopped }

@@ -4,91 +4,248 @@ import (
 	"context"
 	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/rillstream/rill/cache"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
 )
 
-// node is the FUSE side of every kind of Node: attributes and xattrs. Regular files and
-// symlinks add their own operations.
-type node struct {
-	gofs.Inode
-	n     *Node
-	ino   uint64
-	layer *layerFS
+// layerFS answers the FUSE requests of one mounted layer: a fuse.RawFileSystem over the index.
+// Nothing it answers depends on the process: node IDs come from the index (inode.go), file
+// handles name their mode and are looked up lazily (handle.go), the io mode of each inode is in
+// the state directory (iomode.go). So a new process answers the requests of a connection an
+// earlier one answered, as that one would have.
+type layerFS struct {
+	fuse.RawFileSystem // what a read-only layer does not do: ENOSYS
+
+	noPassthrough bool
+	reader        *chunkReader
+	cache         *cache.Layer // nil: no cache
+	readTimeout   time.Duration
+	metrics       *Metrics
+	log           *logrus.Entry
+	// bytes and files of the layer, for statfs.
+	bytes int64
+	files int
+	// recorder records first opens (nil: not recording).
+	recorder *recorder
+	// backgroundRate caps the background fetch (nil: no cap).
+	backgroundRate *rate.Limiter
+
+	nodes   *nodeTable
+	io      *ioModes
+	handles *handleTable
+	conn    *conn // for the passthrough ioctls; set before the first request
+	// passthroughOff is set once the kernel refused a backing file: not root, or no
+	// passthrough on this connection.
+	passthroughOff atomic.Bool
 }
 
-var (
-	_ gofs.NodeGetattrer   = (*node)(nil)
-	_ gofs.NodeGetxattrer  = (*node)(nil)
-	_ gofs.NodeListxattrer = (*node)(nil)
-	_ gofs.NodeStatfser    = (*node)(nil)
-	_ gofs.NodeReaddirer   = (*node)(nil)
-)
+func (l *layerFS) String() string { return "rill" }
 
-// fileNode is a regular file. Each open gets a fileHandle, through which its reads go.
-type fileNode struct {
-	node
-	// mu guards path's setting and the io mode below.
-	mu sync.Mutex
-	// path is the file's path in the layer ("/etc/passwd"; a hardlinked file has one of its
-	// names), set by the first Open: a layer has many files and few are opened, so it is not
-	// kept for the others. It does not change once set.
-	path string
+// entryValid is how long, in seconds, the kernel may keep entries and attributes: the layer is
+// immutable for as long as it is mounted.
+const entryValid = uint64(cacheForever / time.Second)
 
-	// The kernel's io mode of the inode: open handles in passthrough and in cached mode (the
-	// kernel refuses to mix them).
-	passOpens   int
-	cachedOpens int
+func (l *layerFS) Lookup(_ <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	dir := l.nodes.node(h.NodeId)
+	if dir == nil {
+		return fuse.Status(syscall.ESTALE)
+	}
+	if dir.Kind != KindDir {
+		return fuse.ENOTDIR
+	}
+	child := dir.Child(name)
+	out.EntryValid = entryValid
+	out.AttrValid = entryValid
+	if child == nil {
+		// A negative entry (node ID 0) the kernel keeps, as it keeps the others.
+		out.NodeId = 0
+		return fuse.OK
+	}
+	id := l.nodes.id(child)
+	out.NodeId = id
+	out.Generation = 1
+	fillAttr(child, id, &out.Attr)
+	return fuse.OK
 }
 
-var _ gofs.NodeOpener = (*fileNode)(nil)
+// Forget: every node lives as long as the mount; the kernel's lookup counts need no keeping.
+func (l *layerFS) Forget(nodeid, nlookup uint64) {}
 
-// symlinkNode is a symbolic link.
-type symlinkNode struct{ node }
-
-var _ gofs.NodeReadlinker = (*symlinkNode)(nil)
-
-func (nd *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fillAttr(nd.n, nd.ino, &out.Attr)
-	return gofs.OK
+func (l *layerFS) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	n := l.nodes.node(in.NodeId)
+	if n == nil {
+		return fuse.Status(syscall.ESTALE)
+	}
+	out.AttrValid = entryValid
+	fillAttr(n, in.NodeId, &out.Attr)
+	return fuse.OK
 }
 
-// Statfs describes the layer as a read-only filesystem. overlayfs takes the longest name it
+// StatFs describes the layer as a read-only filesystem. overlayfs takes the longest name it
 // accepts from its layers' f_namelen: zero would make every lookup fail with ENAMETOOLONG.
-func (nd *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+func (l *layerFS) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	out.Bsize = blockSize
 	out.Frsize = blockSize
 	out.NameLen = maxNameLength
-	out.Blocks = uint64(nd.layer.bytes+blockSize-1) / blockSize
-	out.Files = uint64(nd.layer.files)
-	return gofs.OK
+	out.Blocks = uint64(l.bytes+blockSize-1) / blockSize
+	out.Files = uint64(l.files)
+	return fuse.OK
 }
 
-// Readdir lists a directory as a local filesystem does: "." and ".." first, then its
-// entries in name order.
-func (nd *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	if nd.n.Kind != KindDir {
-		return nil, syscall.ENOTDIR
+func (l *layerFS) Readlink(_ <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	n := l.nodes.node(h.NodeId)
+	if n == nil {
+		return nil, fuse.Status(syscall.ESTALE)
 	}
-	parent := nd.ino
-	if _, p := nd.Parent(); p != nil {
-		parent = p.StableAttr().Ino
+	if n.Kind != KindSymlink {
+		return nil, fuse.EINVAL
 	}
-	entries := make([]fuse.DirEntry, 0, len(nd.n.Names)+2)
-	entries = append(entries,
-		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: nd.ino},
-		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent})
-	for _, name := range nd.n.Names {
-		child := nd.GetChild(name)
-		if child == nil {
-			continue
+	return []byte(n.Link), fuse.OK
+}
+
+func (l *layerFS) GetXAttr(_ <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	n := l.nodes.node(h.NodeId)
+	if n == nil {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
+	v, ok := n.Xattrs[attr]
+	if !ok {
+		return 0, fuse.ENOATTR
+	}
+	if len(dest) == 0 {
+		return uint32(len(v)), fuse.OK
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), fuse.ERANGE
+	}
+	return uint32(copy(dest, v)), fuse.OK
+}
+
+func (l *layerFS) ListXAttr(_ <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	n := l.nodes.node(h.NodeId)
+	if n == nil {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
+	names := make([]string, 0, len(n.Xattrs))
+	for k := range n.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte(0)
+	}
+	if len(dest) == 0 {
+		return uint32(b.Len()), fuse.OK
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), fuse.ERANGE
+	}
+	return uint32(copy(dest, b.String())), fuse.OK
+}
+
+// Flush has nothing to write back.
+func (l *layerFS) Flush(_ <-chan struct{}, _ *fuse.FlushIn) fuse.Status { return fuse.OK }
+
+func (l *layerFS) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	n := l.nodes.node(in.NodeId)
+	if n == nil {
+		return fuse.Status(syscall.ESTALE)
+	}
+	if n.Kind != KindDir {
+		return fuse.ENOTDIR
+	}
+	// The listing never changes: the kernel may keep it.
+	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
+}
+
+func (l *layerFS) ReleaseDir(*fuse.ReleaseIn) {}
+
+// dirEntry returns entry i of directory id as a local filesystem lists it: "." and ".."
+// first, then the entries in name order.
+func (l *layerFS) dirEntry(id uint64, dir *Node, i int) (fuse.DirEntry, *Node, bool) {
+	switch {
+	case i == 0:
+		return fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: id, Off: 1}, nil, true
+	case i == 1:
+		parent := uint64(1)
+		if id > 1 {
+			parent = l.nodes.parent[id-1]
 		}
-		entries = append(entries, fuse.DirEntry{Name: name, Mode: child.Mode(), Ino: child.StableAttr().Ino})
+		return fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent, Off: 2}, nil, true
+	case i-2 < len(dir.Names):
+		child := dir.Children[i-2]
+		return fuse.DirEntry{Name: dir.Names[i-2], Mode: child.FileMode() & syscall.S_IFMT, Ino: l.nodes.id(child), Off: uint64(i + 1)}, child, true
 	}
-	return gofs.NewListDirStream(entries), gofs.OK
+	return fuse.DirEntry{}, nil, false
+}
+
+func (l *layerFS) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	dir := l.nodes.node(in.NodeId)
+	if dir == nil {
+		return fuse.Status(syscall.ESTALE)
+	}
+	if dir.Kind != KindDir {
+		return fuse.ENOTDIR
+	}
+	for i := int(in.Offset); ; i++ {
+		e, _, ok := l.dirEntry(in.NodeId, dir, i)
+		if !ok || !out.AddDirEntry(e) {
+			return fuse.OK
+		}
+	}
+}
+
+func (l *layerFS) ReadDirPlus(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	dir := l.nodes.node(in.NodeId)
+	if dir == nil {
+		return fuse.Status(syscall.ESTALE)
+	}
+	if dir.Kind != KindDir {
+		return fuse.ENOTDIR
+	}
+	for i := int(in.Offset); ; i++ {
+		e, child, ok := l.dirEntry(in.NodeId, dir, i)
+		if !ok {
+			return fuse.OK
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			return fuse.OK
+		}
+		if child != nil { // "." and "..": no entry (node ID 0), the kernel looks nothing up
+			eo.NodeId = e.Ino
+			eo.Generation = 1
+			eo.EntryValid = entryValid
+			eo.AttrValid = entryValid
+			fillAttr(child, e.Ino, &eo.Attr)
+		}
+	}
+}
+
+// cancelContext returns a context that ends when cancel is closed (the kernel interrupted the
+// request) or after timeout.
+func cancelContext(cancel <-chan struct{}, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, stop := context.WithTimeout(context.Background(), timeout)
+	if cancel == nil {
+		return ctx, stop
+	}
+	go func() {
+		select {
+		case <-cancel:
+			stop()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, stop
 }
 
 // blockSize is the block size the layer reports, and allocates in: ext4's, the filesystem
@@ -129,71 +286,4 @@ func fillAttr(n *Node, ino uint64, a *fuse.Attr) {
 // encoding FUSE attributes carry).
 func unixMkdev(major, minor uint32) uint32 {
 	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12
-}
-
-func (nd *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	v, ok := nd.n.Xattrs[attr]
-	if !ok {
-		return 0, syscall.ENODATA
-	}
-	if len(dest) == 0 {
-		return uint32(len(v)), gofs.OK
-	}
-	if len(dest) < len(v) {
-		return uint32(len(v)), syscall.ERANGE
-	}
-	return uint32(copy(dest, v)), gofs.OK
-}
-
-func (nd *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	names := make([]string, 0, len(nd.n.Xattrs))
-	for k := range nd.n.Xattrs {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, k := range names {
-		b.WriteString(k)
-		b.WriteByte(0)
-	}
-	if len(dest) == 0 {
-		return uint32(b.Len()), gofs.OK
-	}
-	if len(dest) < b.Len() {
-		return uint32(b.Len()), syscall.ERANGE
-	}
-	return uint32(copy(dest, b.String())), gofs.OK
-}
-
-func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	path := f.pathOnce()
-	if r := f.layer.recorder; r != nil {
-		r.opened(path, f.n.Size)
-	}
-	h := openHandle(f)
-	h.choosePassthrough()
-	if r := f.layer.recorder; r != nil && h.local != nil {
-		r.passedThrough(path)
-	}
-	// The layer never changes: let the kernel keep pages between opens. A file complete in
-	// the cache is read by the kernel itself (passthrough, see fileHandle.choosePassthrough).
-	return h, fuse.FOPEN_KEEP_CACHE, gofs.OK
-}
-
-// pathOnce sets f.path if it is not yet and returns it. The tree is built before the mount
-// serves anything and never changes, so the name found is stable.
-func (f *fileNode) pathOnce() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.path == "" {
-		f.path = "/" + f.Path(nil)
-	}
-	return f.path
-}
-
-func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	return []byte(s.n.Link), gofs.OK
 }

@@ -1,0 +1,322 @@
+package fs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	stdlog "log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// A conn serves one FUSE connection: the /dev/fuse descriptor of a mounted layer. It mounts
+// the layer itself (mount(2) with fd=N, as fusermount does) rather than through go-fuse's
+// Server, because a connection outlives the process that serves it: the descriptor is kept
+// (fdstore) across a restart, and the next process serves it again without the INIT
+// handshake, which the kernel sends only once. So the conn keeps the INIT request it answered
+// in its state directory, and a resumed conn replays it into a fresh fuse.ProtocolServer, which
+// then decodes requests as the first one did. Requests go to a fuse.RawFileSystem whose node
+// IDs and file handles mean the same in every process (see inode.go and handle.go).
+
+// maxWrite bounds a request's payload and a reply's: 128 KiB, go-fuse's default (the kernel's
+// reads of a file come in pieces of at most this size).
+const maxWrite = 128 << 10
+
+// bufSize is the size of the buffers requests are read into and replies written from.
+const bufSize = maxWrite + 4096
+
+// notifyResend is FUSE_NOTIFY_RESEND (Linux 6.9): the kernel queues again every request the
+// connection's earlier reader took but did not answer.
+const notifyResend = 7
+
+// The /dev/fuse ioctls of passthrough (Linux 6.9): register a backing file, unregister it.
+const (
+	iocBackingOpen  = 0x4010e501 // _IOW(229, 1, struct fuse_backing_map)
+	iocBackingClose = 0x4004e502 // _IOW(229, 2, uint32_t)
+)
+
+// initFile holds, in a layer's state directory, the INIT request the connection answered.
+const initFile = "fuse-init"
+
+type conn struct {
+	dev *os.File // the connection: non-blocking, served through Go's poller
+	fd  int      // dev's descriptor number, for ioctls
+	ps  *fuse.ProtocolServer
+	log *logrus.Entry
+
+	pool sync.Pool // of *[]byte of bufSize
+
+	mu       sync.Mutex
+	inflight sync.WaitGroup // requests being answered
+	stopping bool
+
+	// done is closed when the loop ended: the connection is gone (unmounted, aborted) or Stop
+	// was called. err says which.
+	done chan struct{}
+	err  error
+}
+
+// errConnStopped ends a loop stopped by Stop: the connection is alive, served by nobody.
+var errConnStopped = errors.New("connection handed over")
+
+func newConn(dev *os.File, rfs fuse.RawFileSystem, log *logrus.Entry) (*conn, error) {
+	var fd int
+	raw, err := dev.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("fuse descriptor: %w", err)
+	}
+	if err := raw.Control(func(d uintptr) { fd = int(d) }); err != nil {
+		return nil, fmt.Errorf("fuse descriptor: %w", err)
+	}
+	c := &conn{
+		dev:  dev,
+		fd:   fd,
+		ps:   fuse.NewProtocolServer(rfs, &fuse.MountOptions{MaxWrite: maxWrite, MaxStackDepth: 1, Logger: stdLogger(log)}),
+		log:  log,
+		done: make(chan struct{}),
+	}
+	c.pool.New = func() any { b := make([]byte, bufSize); return &b }
+	return c, nil
+}
+
+// openDevice opens /dev/fuse for a new connection, non-blocking so that Go's poller serves it
+// and Stop can interrupt a read.
+func openDevice() (*os.File, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "/dev/fuse"), nil
+}
+
+// adoptDevice makes a kept connection descriptor this process's own: a duplicate, switched to
+// non-blocking (the flag belongs to the open file, which every holder of it shares).
+func adoptDevice(f *os.File) (*os.File, error) {
+	var dup int
+	var derr error
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("kept fuse descriptor: %w", err)
+	}
+	if err := raw.Control(func(d uintptr) { dup, derr = unix.FcntlInt(d, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, fmt.Errorf("kept fuse descriptor: %w", err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("duplicate kept fuse descriptor: %w", derr)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, fmt.Errorf("kept fuse descriptor: %w", err)
+	}
+	return os.NewFile(uintptr(dup), "/dev/fuse"), nil
+}
+
+// mountConn mounts a read-only FUSE filesystem served by dev at mountpoint.
+func mountConn(dev *os.File, fd int, mountpoint, fsName string) error {
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions", fd)
+	if err := unix.Mount(fsName, mountpoint, "fuse."+fsName, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		return fmt.Errorf("mount fuse at %s: %w", mountpoint, err)
+	}
+	return nil
+}
+
+// handshake answers the connection's INIT request, the first the kernel sends, and returns it.
+func (c *conn) handshake(timeout time.Duration) ([]byte, error) {
+	if err := c.dev.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, fmt.Errorf("fuse descriptor: %w", err)
+	}
+	defer c.dev.SetReadDeadline(time.Time{})
+	buf := make([]byte, bufSize)
+	for {
+		n, err := c.dev.Read(buf)
+		if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read FUSE INIT: %w", err)
+		}
+		if n < 40 || binary.LittleEndian.Uint32(buf[4:8]) != opInit {
+			return nil, fmt.Errorf("first FUSE request is not INIT (opcode %d)", binary.LittleEndian.Uint32(buf[4:8]))
+		}
+		req := append([]byte(nil), buf[:n]...)
+		out := make([]byte, bufSize)
+		w, st := c.ps.HandleRequest([][]byte{req}, [][]byte{out})
+		if !st.Ok() {
+			return nil, fmt.Errorf("answer FUSE INIT: %v", st)
+		}
+		if _, err := c.dev.Write(out[:w]); err != nil {
+			return nil, fmt.Errorf("answer FUSE INIT: %w", err)
+		}
+		return req, nil
+	}
+}
+
+// opInit is FUSE_INIT's opcode.
+const opInit = 26
+
+// replayInit gives a fresh protocol server the INIT request the connection answered in an
+// earlier process, so that it decodes requests as negotiated then; nothing is sent.
+func (c *conn) replayInit(req []byte) error {
+	if len(req) < 40 || binary.LittleEndian.Uint32(req[4:8]) != opInit {
+		return errors.New("kept FUSE INIT request is damaged")
+	}
+	out := make([]byte, bufSize)
+	if _, st := c.ps.HandleRequest([][]byte{append([]byte(nil), req...)}, [][]byte{out}); !st.Ok() {
+		return fmt.Errorf("replay FUSE INIT: %v", st)
+	}
+	return nil
+}
+
+// resend asks the kernel to queue again the requests an earlier reader of the connection took
+// and did not answer (FUSE_NOTIFY_RESEND, Linux 6.9+). Older kernels refuse it: those requests
+// then wait until the mount goes away.
+func (c *conn) resend() error {
+	var msg [16]byte
+	binary.LittleEndian.PutUint32(msg[0:4], 16)
+	binary.LittleEndian.PutUint32(msg[4:8], uint32(notifyResend)) // error field: the notify code
+	if _, err := c.dev.Write(msg[:]); err != nil {
+		return fmt.Errorf("FUSE_NOTIFY_RESEND: %w", err)
+	}
+	return nil
+}
+
+// serve reads and answers requests until the connection ends or Stop is called; each request
+// is answered in its own goroutine (reads may wait on the network).
+func (c *conn) serve() {
+	defer close(c.done)
+	for {
+		bp := c.pool.Get().(*[]byte)
+		n, err := c.dev.Read(*bp)
+		if err != nil {
+			c.pool.Put(bp)
+			switch {
+			case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EAGAIN):
+				continue // interrupted, or a request withdrawn before it was read
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				c.mu.Lock()
+				stopping := c.stopping
+				c.mu.Unlock()
+				if stopping {
+					c.err = errConnStopped
+					return
+				}
+				continue
+			case errors.Is(err, syscall.ENODEV):
+				c.err = nil // unmounted: the connection is over
+				return
+			default:
+				c.err = err
+				return
+			}
+		}
+		c.inflight.Add(1)
+		go c.answer(bp, n)
+	}
+}
+
+func (c *conn) answer(bp *[]byte, n int) {
+	defer c.inflight.Done()
+	defer c.pool.Put(bp)
+	op := c.pool.Get().(*[]byte)
+	defer c.pool.Put(op)
+	w, st := c.ps.HandleRequest([][]byte{(*bp)[:n]}, [][]byte{*op})
+	if !st.Ok() || w == 0 {
+		return
+	}
+	if _, err := c.dev.Write((*op)[:w]); err != nil && !errors.Is(err, syscall.ENOENT) {
+		// ENOENT: the request was interrupted meanwhile. Anything else: the connection is
+		// going away.
+		c.log.WithError(err).Debug("write FUSE reply")
+	}
+}
+
+// stop ends the loop without ending the connection: requests already read are answered
+// for up to wait, then left to the next process (which has the kernel send them again).
+func (c *conn) stop(wait time.Duration) {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	c.dev.SetReadDeadline(time.Now())
+	<-c.done
+	answered := make(chan struct{})
+	go func() { c.inflight.Wait(); close(answered) }()
+	select {
+	case <-answered:
+	case <-time.After(wait):
+		c.log.Debug("requests still being answered at hand-over: the next process answers them")
+	}
+}
+
+// backingOpen registers f as a backing file of the connection (passthrough); the kernel then
+// holds it.
+func (c *conn) backingOpen(f *os.File) (int32, error) {
+	var m struct {
+		Fd      int32
+		Flags   uint32
+		Padding uint64
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var id uintptr
+	var errno syscall.Errno
+	if err := raw.Control(func(d uintptr) {
+		m.Fd = int32(d)
+		id, _, errno = unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), iocBackingOpen, uintptr(unsafe.Pointer(&m)))
+	}); err != nil {
+		return 0, err
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	return int32(id), nil
+}
+
+// backingClose unregisters a backing file; files opened with it keep reading it.
+func (c *conn) backingClose(id int32) error {
+	v := uint32(id)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), iocBackingClose, uintptr(unsafe.Pointer(&v))); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file and a rename.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// stdLogger adapts log for go-fuse's logger: what go-fuse reports is logged at debug level.
+func stdLogger(log *logrus.Entry) *stdlog.Logger {
+	return stdlog.New(debugWriter{log.WithField("component", "go-fuse")}, "", 0)
+}
+
+type debugWriter struct{ log *logrus.Entry }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
