@@ -48,16 +48,17 @@ const (
 const initFile = "fuse-init"
 
 type conn struct {
-	dev *os.File // the connection: non-blocking, served through Go's poller
-	fd  int      // dev's descriptor number, for ioctls
-	ps  *fuse.ProtocolServer
-	log *logrus.Entry
+	dev  *os.File // the connection; kept by the layer, handed to fdstore
+	fd   int      // dev's descriptor, non-blocking: read, written and polled directly
+	wake [2]int   // a pipe: Stop writes to it to end the loop
+	ps   *fuse.ProtocolServer
+	log  *logrus.Entry
 
 	pool sync.Pool // of *[]byte of bufSize
 
-	mu       sync.Mutex
 	inflight sync.WaitGroup // requests being answered
-	stopping bool
+	wakeMu   sync.Mutex
+	wakeGone bool // the pipe is closed (the loop ended)
 
 	// done is closed when the loop ended: the connection is gone (unmounted, aborted) or Stop
 	// was called. err says which.
@@ -68,6 +69,11 @@ type conn struct {
 // errConnStopped ends a loop stopped by Stop: the connection is alive, served by nobody.
 var errConnStopped = errors.New("connection handed over")
 
+// The loop does not use Go's poller: a process that opens files of its own mounts (tests do)
+// would register them with the same epoll instance, and the kernel asks the FUSE server (this
+// loop) whether such a file is ready while holding that instance's lock — a deadlock. So the
+// descriptor is read after poll(2), on a thread of its own, with a pipe to wake it.
+
 func newConn(dev *os.File, rfs fuse.RawFileSystem, log *logrus.Entry) (*conn, error) {
 	var fd int
 	raw, err := dev.SyscallConn()
@@ -77,6 +83,9 @@ func newConn(dev *os.File, rfs fuse.RawFileSystem, log *logrus.Entry) (*conn, er
 	if err := raw.Control(func(d uintptr) { fd = int(d) }); err != nil {
 		return nil, fmt.Errorf("fuse descriptor: %w", err)
 	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("fuse descriptor: %w", err)
+	}
 	c := &conn{
 		dev:  dev,
 		fd:   fd,
@@ -84,22 +93,31 @@ func newConn(dev *os.File, rfs fuse.RawFileSystem, log *logrus.Entry) (*conn, er
 		log:  log,
 		done: make(chan struct{}),
 	}
+	if err := unix.Pipe2(c.wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("wake pipe: %w", err)
+	}
 	c.pool.New = func() any { b := make([]byte, bufSize); return &b }
 	return c, nil
 }
 
-// openDevice opens /dev/fuse for a new connection, non-blocking so that Go's poller serves it
-// and Stop can interrupt a read.
-func openDevice() (*os.File, error) {
-	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+// openDevice opens /dev/fuse and mounts a read-only FUSE filesystem served by it at
+// mountpoint. The descriptor is opened blocking so that os.NewFile keeps it out of Go's
+// poller; newConn makes it non-blocking.
+func openDevice(mountpoint, fsName string) (*os.File, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,max_read=%d", fd, maxWrite)
+	if err := unix.Mount(fsName, mountpoint, "fuse."+fsName, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mount fuse at %s: %w", mountpoint, err)
 	}
 	return os.NewFile(uintptr(fd), "/dev/fuse"), nil
 }
 
-// adoptDevice makes a kept connection descriptor this process's own: a duplicate, switched to
-// non-blocking (the flag belongs to the open file, which every holder of it shares).
+// adoptDevice makes a kept connection descriptor this process's own: a duplicate, kept out of
+// Go's poller (see openDevice).
 func adoptDevice(f *os.File) (*os.File, error) {
 	var dup int
 	var derr error
@@ -113,36 +131,70 @@ func adoptDevice(f *os.File) (*os.File, error) {
 	if derr != nil {
 		return nil, fmt.Errorf("duplicate kept fuse descriptor: %w", derr)
 	}
-	if err := unix.SetNonblock(dup, true); err != nil {
+	// O_NONBLOCK belongs to the open file, shared with every holder of it: off while os.NewFile
+	// looks, so that it does not register the descriptor with the poller.
+	if err := unix.SetNonblock(dup, false); err != nil {
 		unix.Close(dup)
 		return nil, fmt.Errorf("kept fuse descriptor: %w", err)
 	}
 	return os.NewFile(uintptr(dup), "/dev/fuse"), nil
 }
 
-// mountConn mounts a read-only FUSE filesystem served by dev at mountpoint.
-func mountConn(dev *os.File, fd int, mountpoint, fsName string) error {
-	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions", fd)
-	if err := unix.Mount(fsName, mountpoint, "fuse."+fsName, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		return fmt.Errorf("mount fuse at %s: %w", mountpoint, err)
+// wait polls the connection and the wake pipe, up to timeout (negative: no limit). It reports
+// whether a request can be read, and whether Stop was called.
+func (c *conn) wait(timeout time.Duration) (readable, stopped bool, err error) {
+	ms := -1
+	if timeout >= 0 {
+		ms = int(timeout / time.Millisecond)
 	}
-	return nil
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.wake[0]), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, false, fmt.Errorf("poll FUSE connection: %w", err)
+		}
+		if fds[1].Revents != 0 {
+			return false, true, nil
+		}
+		// POLLERR: the connection was aborted or unmounted; the read says which.
+		return fds[0].Revents != 0, false, nil
+	}
+}
+
+// read reads one request into buf; 0 with no error when there is none (yet).
+func (c *conn) read(buf []byte) (int, error) {
+	n, err := unix.Read(c.fd, buf)
+	switch err {
+	case nil:
+		return n, nil
+	case unix.EAGAIN, unix.EINTR, unix.ENOENT: // none, interrupted, or withdrawn before read
+		return 0, nil
+	default:
+		return 0, err
+	}
 }
 
 // handshake answers the connection's INIT request, the first the kernel sends, and returns it.
 func (c *conn) handshake(timeout time.Duration) ([]byte, error) {
-	if err := c.dev.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, fmt.Errorf("fuse descriptor: %w", err)
-	}
-	defer c.dev.SetReadDeadline(time.Time{})
+	deadline := time.Now().Add(timeout)
 	buf := make([]byte, bufSize)
 	for {
-		n, err := c.dev.Read(buf)
-		if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.ENOENT) {
-			continue
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, errors.New("no FUSE INIT from the kernel")
 		}
+		if _, _, err := c.wait(left); err != nil {
+			return nil, err
+		}
+		n, err := c.read(buf)
 		if err != nil {
 			return nil, fmt.Errorf("read FUSE INIT: %w", err)
+		}
+		if n == 0 {
+			continue
 		}
 		if n < 40 || binary.LittleEndian.Uint32(buf[4:8]) != opInit {
 			return nil, fmt.Errorf("first FUSE request is not INIT (opcode %d)", binary.LittleEndian.Uint32(buf[4:8]))
@@ -153,7 +205,7 @@ func (c *conn) handshake(timeout time.Duration) ([]byte, error) {
 		if !st.Ok() {
 			return nil, fmt.Errorf("answer FUSE INIT: %v", st)
 		}
-		if _, err := c.dev.Write(out[:w]); err != nil {
+		if _, err := unix.Write(c.fd, out[:w]); err != nil {
 			return nil, fmt.Errorf("answer FUSE INIT: %w", err)
 		}
 		return req, nil
@@ -183,7 +235,7 @@ func (c *conn) resend() error {
 	var msg [16]byte
 	binary.LittleEndian.PutUint32(msg[0:4], 16)
 	binary.LittleEndian.PutUint32(msg[4:8], uint32(notifyResend)) // error field: the notify code
-	if _, err := c.dev.Write(msg[:]); err != nil {
+	if _, err := unix.Write(c.fd, msg[:]); err != nil {
 		return fmt.Errorf("FUSE_NOTIFY_RESEND: %w", err)
 	}
 	return nil
@@ -194,29 +246,27 @@ func (c *conn) resend() error {
 func (c *conn) serve() {
 	defer close(c.done)
 	for {
-		bp := c.pool.Get().(*[]byte)
-		n, err := c.dev.Read(*bp)
+		_, stopped, err := c.wait(-1)
 		if err != nil {
+			c.err = err
+			return
+		}
+		if stopped {
+			c.err = errConnStopped
+			return
+		}
+		bp := c.pool.Get().(*[]byte)
+		n, err := c.read(*bp)
+		if err != nil || n == 0 {
 			c.pool.Put(bp)
-			switch {
-			case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EAGAIN):
-				continue // interrupted, or a request withdrawn before it was read
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				c.mu.Lock()
-				stopping := c.stopping
-				c.mu.Unlock()
-				if stopping {
-					c.err = errConnStopped
-					return
-				}
-				continue
-			case errors.Is(err, syscall.ENODEV):
-				c.err = nil // unmounted: the connection is over
-				return
-			default:
-				c.err = err
+			if err == unix.ENODEV {
+				return // unmounted: the connection is over
+			}
+			if err != nil {
+				c.err = fmt.Errorf("read FUSE request: %w", err)
 				return
 			}
+			continue
 		}
 		c.inflight.Add(1)
 		go c.answer(bp, n)
@@ -232,7 +282,7 @@ func (c *conn) answer(bp *[]byte, n int) {
 	if !st.Ok() || w == 0 {
 		return
 	}
-	if _, err := c.dev.Write((*op)[:w]); err != nil && !errors.Is(err, syscall.ENOENT) {
+	if _, err := unix.Write(c.fd, (*op)[:w]); err != nil && err != unix.ENOENT {
 		// ENOENT: the request was interrupted meanwhile. Anything else: the connection is
 		// going away.
 		c.log.WithError(err).Debug("write FUSE reply")
@@ -242,10 +292,11 @@ func (c *conn) answer(bp *[]byte, n int) {
 // stop ends the loop without ending the connection: requests already read are answered
 // for up to wait, then left to the next process (which has the kernel send them again).
 func (c *conn) stop(wait time.Duration) {
-	c.mu.Lock()
-	c.stopping = true
-	c.mu.Unlock()
-	c.dev.SetReadDeadline(time.Now())
+	c.wakeMu.Lock()
+	if !c.wakeGone {
+		unix.Write(c.wake[1], []byte{1})
+	}
+	c.wakeMu.Unlock()
 	<-c.done
 	answered := make(chan struct{})
 	go func() { c.inflight.Wait(); close(answered) }()
@@ -254,6 +305,15 @@ func (c *conn) stop(wait time.Duration) {
 	case <-time.After(wait):
 		c.log.Debug("requests still being answered at hand-over: the next process answers them")
 	}
+}
+
+// closeWake closes the wake pipe once the loop has ended.
+func (c *conn) closeWake() {
+	c.wakeMu.Lock()
+	defer c.wakeMu.Unlock()
+	c.wakeGone = true
+	unix.Close(c.wake[0])
+	unix.Close(c.wake[1])
 }
 
 // backingOpen registers f as a backing file of the connection (passthrough); the kernel then

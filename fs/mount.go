@@ -136,22 +136,17 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		return nil, err
 	}
 	lfs.io = iom
-	dev, err := openDevice()
+	dev, err := openDevice(mountpoint, "rill")
 	if err != nil {
 		iom.close()
-		return nil, err
+		return nil, fmt.Errorf("mount layer: %w", err)
 	}
 	c, err := newConn(dev, lfs, opts.Log)
+	var init []byte
 	if err == nil {
 		lfs.conn = c
-		err = mountConn(dev, c.fd, mountpoint, "rill")
+		init, err = c.handshake(handshakeTimeout)
 	}
-	if err != nil {
-		dev.Close()
-		iom.close()
-		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
-	}
-	init, err := c.handshake(handshakeTimeout)
 	if err == nil && opts.StateDir != "" {
 		var state []byte
 		state, err = json.Marshal(connState{Scheme: idScheme, Nodes: lfs.nodes.len(), Init: init})
@@ -238,6 +233,7 @@ func start(c *conn, mountpoint string, lfs *layerFS, idx *Index, opts MountOptio
 		// However the connection stops being served here (Unmount, an unmount from outside,
 		// the last user of a detached mount letting go, Stop), the layer is no longer served.
 		<-c.done
+		c.closeWake()
 		if c.err != nil && !errors.Is(c.err, errConnStopped) {
 			opts.Log.WithError(c.err).Warn("FUSE connection failed")
 		}

@@ -38,8 +38,10 @@ func (unavailableFS) GetAttr(_ <-chan struct{}, in *fuse.GetAttrIn, out *fuse.At
 	return fuse.OK
 }
 
-func (unavailableFS) OpenDir(<-chan struct{}, *fuse.OpenIn, *fuse.OpenOut) fuse.Status { return fuse.OK }
-func (unavailableFS) ReleaseDir(*fuse.ReleaseIn)                                      {}
+func (unavailableFS) OpenDir(<-chan struct{}, *fuse.OpenIn, *fuse.OpenOut) fuse.Status {
+	return fuse.OK
+}
+func (unavailableFS) ReleaseDir(*fuse.ReleaseIn) {}
 func (unavailableFS) ReadDir(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.Status {
 	return fuse.EIO
 }
@@ -50,7 +52,7 @@ func (unavailableFS) Open(<-chan struct{}, *fuse.OpenIn, *fuse.OpenOut) fuse.Sta
 func (unavailableFS) Read(<-chan struct{}, *fuse.ReadIn, []byte) (fuse.ReadResult, fuse.Status) {
 	return nil, fuse.EIO
 }
-func (unavailableFS) Release(<-chan struct{}, *fuse.ReleaseIn)      {}
+func (unavailableFS) Release(<-chan struct{}, *fuse.ReleaseIn)         {}
 func (unavailableFS) Flush(<-chan struct{}, *fuse.FlushIn) fuse.Status { return fuse.OK }
 
 func (unavailableFS) StatFs(_ <-chan struct{}, _ *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
@@ -67,19 +69,15 @@ func newUnavailable(log *logrus.Entry) fuse.RawFileSystem {
 // degraded form of a streamed layer that could not be restored.
 func MountUnavailable(mountpoint string) (*Mounted, error) {
 	log := logrus.WithField("mountpoint", mountpoint)
-	dev, err := openDevice()
+	dev, err := openDevice(mountpoint, "rill-unavailable")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mount unavailable layer: %w", err)
 	}
 	c, err := newConn(dev, newUnavailable(log), log)
 	if err == nil {
-		err = mountConn(dev, c.fd, mountpoint, "rill-unavailable")
+		_, err = c.handshake(handshakeTimeout)
 	}
 	if err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("mount unavailable layer at %s: %w", mountpoint, err)
-	}
-	if _, err := c.handshake(handshakeTimeout); err != nil {
 		unix.Unmount(mountpoint, unix.MNT_DETACH)
 		dev.Close()
 		return nil, fmt.Errorf("mount unavailable layer at %s: %w", mountpoint, err)
