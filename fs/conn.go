@@ -307,6 +307,15 @@ func (c *conn) stop(wait time.Duration) {
 	}
 }
 
+// close closes the descriptor once no request is being answered: a late reply must not be
+// written to another file that reused the number.
+func (c *conn) close() {
+	go func() {
+		c.inflight.Wait()
+		c.dev.Close()
+	}()
+}
+
 // closeWake closes the wake pipe once the loop has ended.
 func (c *conn) closeWake() {
 	c.wakeMu.Lock()

@@ -238,7 +238,7 @@ func start(c *conn, mountpoint string, lfs *layerFS, idx *Index, opts MountOptio
 			opts.Log.WithError(c.err).Warn("FUSE connection failed")
 		}
 		if !errors.Is(c.err, errConnStopped) {
-			c.dev.Close()
+			c.close()
 			if lfs != nil && lfs.io != nil {
 				lfs.io.close()
 			}
@@ -272,7 +272,7 @@ func (m *Mounted) Stop() {
 	if m.lfs != nil && m.lfs.io != nil {
 		m.lfs.io.close()
 	}
-	m.conn.dev.Close()
+	m.conn.close()
 }
 
 // Unmount unmounts the layer and stops serving it. A layer still referenced — an overlay mount

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,8 +61,14 @@ func mountWithCacheOpts(t *testing.T, entries []testlayer.Entry, blob *switchabl
 // cache of its own.
 func mountConverted(t *testing.T, data []byte, l convert.Layer, blob *switchableBlob, opts MountOptions) *Mounted {
 	t.Helper()
-	requireRoot(t)
 	blob.data = data
+	return mountConvertedFrom(t, data, l, blob, opts)
+}
+
+// mountConvertedFrom mounts a converted layer whose bytes blob serves, with a cache of its own.
+func mountConvertedFrom(t *testing.T, data []byte, l convert.Layer, blob io.ReaderAt, opts MountOptions) *Mounted {
+	t.Helper()
+	requireRoot(t)
 	ctx := context.Background()
 	toc, err := LoadTOC(ctx, bytes.NewReader(data), int64(len(data)), l.TOCDigest, Limits{})
 	if err != nil {

@@ -3,12 +3,15 @@ package snapshotter
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/rillstream/rill/cache"
+	"github.com/rillstream/rill/fdstore"
 	rillfs "github.com/rillstream/rill/fs"
 )
 
@@ -22,6 +25,9 @@ type mountedLayer struct {
 	reason  string
 	since   time.Time
 	bytes   int64 // of the layer's files
+	// kept keeps the layer's FUSE connection under fdName (nil: not kept).
+	kept   fdstore.Store
+	fdName string
 
 	mu         sync.Mutex
 	background string // off, waiting, running, incomplete (to be retried), complete, verified, mismatch, stopped
@@ -54,12 +60,19 @@ func (ml *mountedLayer) setDone(state string) {
 	ml.background, ml.lastErr, ml.nextRetry = state, "", time.Time{}
 }
 
-// mountLayer mounts idx at mountpoint, reading through the cache when there is one. A cache
-// that cannot give a handle only costs fetches.
-func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer) (*mountedLayer, error) {
+// fdName is the name under which the FUSE connection of snapshot id is kept.
+func fdName(id string) string { return "layer-" + id }
+
+// mountLayer mounts idx at mountpoint (the directory "fs" of the snapshot's directory, which
+// keeps the connection's state), reading through the cache when there is one; a cache that
+// cannot give a handle only costs fetches. With a kept connection (dev), the layer is served
+// again on it (rillfs.Resume); without, it is mounted afresh and its connection kept.
+func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *rillfs.Index, layer RemoteLayer, dev *os.File) (*mountedLayer, error) {
 	opts := s.fsMount
 	opts.Log = log.L.WithField("blob", layer.Desc.Digest.String()).WithField("ref", layer.Ref)
 	opts.RecordWindow = s.recordWindow
+	opts.StateDir = filepath.Dir(mountpoint)
+	id := filepath.Base(opts.StateDir)
 	ml := &mountedLayer{blob: layer.Desc.Digest, ref: layer.Ref, image: layer.Image, reason: layer.Reason, since: time.Now().UTC(), bytes: idx.Bytes, background: "off"}
 	if s.cache != nil {
 		h, err := s.cache.Layer(ctx, layer.Desc.Digest)
@@ -69,7 +82,13 @@ func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *ri
 			ml.cache, opts.Cache = h, h
 		}
 	}
-	m, err := rillfs.Mount(ctx, mountpoint, idx, layer.Blob, opts)
+	var m *rillfs.Mounted
+	var err error
+	if dev != nil {
+		m, err = rillfs.Resume(ctx, dev, mountpoint, idx, layer.Blob, opts)
+	} else {
+		m, err = rillfs.Mount(ctx, mountpoint, idx, layer.Blob, opts)
+	}
 	if err != nil {
 		if ml.cache != nil {
 			ml.cache.Release()
@@ -77,12 +96,35 @@ func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, idx *ri
 		return nil, err
 	}
 	ml.mounted = m
+	if s.fds != nil {
+		ml.kept, ml.fdName = s.fds, fdName(id)
+		if dev == nil {
+			if err := s.fds.Put(ctx, ml.fdName, m.Device()); err != nil {
+				opts.Log.WithError(err).Warn("the layer's FUSE connection is not kept outside rill-snapshotter: containers using it lose its files when rill-snapshotter restarts")
+				ml.kept = nil
+			}
+		}
+	}
 	return ml, nil
+}
+
+// handOver stops serving the layer in this process and leaves it mounted, its connection
+// kept for the next process.
+func (ml *mountedLayer) handOver() {
+	ml.mounted.Stop()
+	if ml.cache != nil {
+		ml.cache.Release()
+	}
 }
 
 // unmount stops serving the layer and lets go of its cache handle once nothing reads it.
 func (ml *mountedLayer) unmount(ctx context.Context) error {
 	err := ml.mounted.Unmount(ctx)
+	if ml.kept != nil {
+		if rerr := ml.kept.Remove(ctx, ml.fdName); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("name", ml.fdName).Warn("drop the kept FUSE connection of an unmounted layer")
+		}
+	}
 	if ml.cache != nil {
 		if err == nil {
 			ml.cache.Release()
@@ -209,10 +251,16 @@ func (s *Snapshotter) retainCache(ctx context.Context) {
 const closeUnmountWait = time.Second
 
 // unmountAll unmounts every streamed layer, concurrently: at shutdown, layers still used by
-// running containers are served until the process exits.
+// running containers are served until the process exits. Layers whose connection is kept are
+// handed over instead: left mounted, served again by the next process.
 func (s *Snapshotter) unmountAll() {
 	var wg sync.WaitGroup
 	for id, ml := range s.remote.closeAll() {
+		if ml.kept != nil {
+			wg.Go(ml.handOver)
+			log.L.WithField("id", id).Debug("streamed layer handed over to the next rill-snapshotter")
+			continue
+		}
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), closeUnmountWait)
 			defer cancel()

@@ -1,9 +1,11 @@
 package snapshotter
 
 import (
+	"os"
 	"time"
 
 	"github.com/rillstream/rill/cache"
+	"github.com/rillstream/rill/fdstore"
 	rillfs "github.com/rillstream/rill/fs"
 )
 
@@ -30,6 +32,11 @@ type settings struct {
 	recordWindow    time.Duration
 	profileSender   ProfileSender
 	nodeName        string
+	// fds keeps each streamed layer's FUSE connection outside the process (nil: nothing is
+	// kept, a restart ends the layers' connections); kept are the connections the previous
+	// process kept, by name, which the restore serves again.
+	fds  fdstore.Store
+	kept map[string]*os.File
 }
 
 // defaults are the settings of a snapshotter given no options.
@@ -125,4 +132,13 @@ func WithRecordWindow(window time.Duration) Option {
 // a changed artifact has another digest and is reported anew).
 func WithProfileReports(send ProfileSender, node string) Option {
 	return func(s *settings) { s.profileSender, s.nodeName = send, node }
+}
+
+// WithFDStore keeps every streamed layer's FUSE connection in store, so that the mounts of
+// running containers outlive the process: kept are the connections the previous process kept
+// (from fdstore.Open), which the restore at start serves again — without the network, before
+// anything else is served. Connections kept for layers that are gone are dropped. On Close the
+// layers are handed over (left mounted, their connections kept) rather than unmounted.
+func WithFDStore(store fdstore.Store, kept map[string]*os.File) Option {
+	return func(s *settings) { s.fds, s.kept = store, kept }
 }

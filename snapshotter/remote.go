@@ -136,7 +136,7 @@ func (s *Snapshotter) prepareStreamed(ctx context.Context, key, parent string, l
 	if err := writeRecord(dir, rec, tocJSON); err != nil {
 		return status.ReasonInternalError, err
 	}
-	ml, err := s.mountLayer(ctx, filepath.Join(dir, "fs"), idx, layer)
+	ml, err := s.mountLayer(ctx, filepath.Join(dir, "fs"), idx, layer, nil)
 	if err != nil {
 		return status.ReasonMountError, err
 	}

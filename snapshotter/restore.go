@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -56,22 +57,75 @@ func (s *Snapshotter) restore(ctx context.Context) {
 	sort.SliceStable(layers, func(i, j int) bool { return depth(layers[i].name) < depth(layers[j].name) })
 	for _, l := range layers {
 		entry := log.G(ctx).WithField("snapshot", l.name).WithField("id", l.id)
-		if err := s.restoreLayer(ctx, l.id, l.parent, false); err != nil {
+		kc := &keptConn{f: s.kept[fdName(l.id)]}
+		delete(s.kept, fdName(l.id))
+		resumed := kc.f != nil
+		if err := s.restoreLayer(ctx, l.id, l.parent, false, kc); err != nil {
 			s.metrics.restores.WithLabelValues("degraded").Inc()
 			entry.WithError(err).Error("streamed layer not restored: reads of it fail (EIO) until it is recovered (a damaged TOC is fetched again once the registry answers) or its image is removed and pulled again")
-			s.mountUnavailable(ctx, l.id)
+			s.mountUnavailable(ctx, l.id, kc)
 			s.recovering.Go(func() { s.recoverUnavailable(l.id, l.parent) })
+			continue
+		}
+		if resumed && kc.f == nil && !kc.fresh {
+			s.metrics.restores.WithLabelValues("resumed").Inc()
+			entry.Info("streamed layer restored: its connection served again, running containers keep reading")
 			continue
 		}
 		s.metrics.restores.WithLabelValues("ok").Inc()
 		entry.Info("streamed layer restored")
 	}
+	s.dropKept(ctx)
+}
+
+// keptConn is the connection a previous process kept for a layer, until restoring it uses it.
+type keptConn struct {
+	f *os.File
+	// fresh is set when the kept connection could not be served again and the layer was
+	// mounted afresh.
+	fresh bool
+}
+
+// take returns the kept connection, if any, and leaves none.
+func (k *keptConn) take() *os.File {
+	if k == nil {
+		return nil
+	}
+	f := k.f
+	k.f = nil
+	return f
+}
+
+// dropKept lets go of the connections kept for layers that are gone (their snapshots removed
+// while no daemon ran): each is aborted, so that nothing waits on it, and dropped from the
+// store.
+func (s *Snapshotter) dropKept(ctx context.Context) {
+	for name, f := range s.kept {
+		entry := log.G(ctx).WithField("name", name)
+		if id, ok := strings.CutPrefix(name, "layer-"); ok && s.fds != nil {
+			mountpoint := filepath.Join(s.snapshotsDir(), filepath.Base(id), "fs")
+			if err := rillfs.Abort(mountpoint); err != nil {
+				entry.WithError(err).Debug("abort the kept connection of a layer that is gone")
+			}
+		}
+		if s.fds != nil {
+			if err := s.fds.Remove(ctx, name); err != nil {
+				entry.WithError(err).Warn("drop a kept connection")
+			}
+		}
+		f.Close()
+		entry.Info("dropped the kept connection of a streamed layer that is gone")
+	}
+	s.kept = nil
 }
 
 // restoreLayer mounts layer id again from its record and TOC on disk; with fetch, a TOC that is
 // damaged on disk is fetched again from the registry (at start the daemon does not wait for
-// the network: recoverUnavailable does that afterwards).
-func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch bool) error {
+// the network: recoverUnavailable does that afterwards). With a connection kept by the previous
+// process (kc), the layer is served again on it, so that running containers keep reading; one
+// that cannot be is aborted (its users get errors, never a hang) and the layer mounted afresh.
+// kc is left holding the connection when the layer was not restored.
+func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch bool, kc *keptConn) error {
 	dir := filepath.Join(s.snapshotsDir(), id)
 	rec, blob, err := s.openRecorded(ctx, dir)
 	if err != nil {
@@ -91,12 +145,27 @@ func (s *Snapshotter) restoreLayer(ctx context.Context, id, parent string, fetch
 		s.inheritImplied(ctx, idx, parent)
 	}
 	mountpoint := filepath.Join(dir, "fs")
-	if err := unmountStale(mountpoint); err != nil {
-		return err
+	layer := RemoteLayer{Ref: rec.Ref, Image: rec.Image, Desc: rec.Desc, Reason: rec.Reason, Blob: blob}
+	var ml *mountedLayer
+	if dev := kc.take(); dev != nil {
+		ml, err = s.mountLayer(ctx, mountpoint, idx, layer, dev)
+		dev.Close() // the layer has its own duplicate
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("id", id).Error("the FUSE connection kept for a streamed layer cannot be served again: aborting it (running containers using the layer see errors and must be restarted) and mounting the layer afresh")
+			if aerr := rillfs.Abort(mountpoint); aerr != nil {
+				log.G(ctx).WithError(aerr).WithField("id", id).Warn("abort the kept connection")
+			}
+			kc.fresh = true
+		}
 	}
-	ml, err := s.mountLayer(ctx, mountpoint, idx, RemoteLayer{Ref: rec.Ref, Image: rec.Image, Desc: rec.Desc, Reason: rec.Reason, Blob: blob})
-	if err != nil {
-		return err
+	if ml == nil {
+		if err := unmountStale(mountpoint); err != nil {
+			return err
+		}
+		ml, err = s.mountLayer(ctx, mountpoint, idx, layer, nil)
+		if err != nil {
+			return err
+		}
 	}
 	if !s.remote.add(id, ml) {
 		return errClosing
@@ -158,7 +227,7 @@ func (s *Snapshotter) recoverUnavailable(id, parent string) {
 		if err := s.unmountUnavailable(ctx, id, ml); err != nil {
 			continue
 		}
-		err := s.restoreLayer(ctx, id, parent, true)
+		err := s.restoreLayer(ctx, id, parent, true, nil)
 		if err == nil {
 			s.metrics.restores.WithLabelValues("recovered").Inc()
 			log.L.WithField("id", id).Info("streamed layer recovered: it is served again")
@@ -168,7 +237,7 @@ func (s *Snapshotter) recoverUnavailable(id, parent string) {
 			return // closing: nothing is mounted again
 		}
 		log.L.WithError(err).WithField("id", id).Debug("streamed layer still not restorable")
-		s.mountUnavailable(ctx, id)
+		s.mountUnavailable(ctx, id, nil)
 	}
 }
 
@@ -214,9 +283,24 @@ func (s *Snapshotter) unmountUnavailable(ctx context.Context, id string, ml *mou
 }
 
 // mountUnavailable puts a layer that answers EIO in place of one that could not be restored,
-// so that containers see errors rather than an empty layer.
-func (s *Snapshotter) mountUnavailable(ctx context.Context, id string) {
+// so that containers see errors rather than an empty layer. A connection kept for it (kc) is
+// served that way on the same mount, and no longer kept.
+func (s *Snapshotter) mountUnavailable(ctx context.Context, id string, kc *keptConn) {
 	mountpoint := filepath.Join(s.snapshotsDir(), id, "fs")
+	if dev := kc.take(); dev != nil {
+		m, err := rillfs.ResumeUnavailable(ctx, dev, mountpoint, filepath.Dir(mountpoint))
+		dev.Close()
+		if s.fds != nil {
+			if rerr := s.fds.Remove(ctx, fdName(id)); rerr != nil {
+				log.G(ctx).WithError(rerr).WithField("id", id).Warn("drop a kept connection")
+			}
+		}
+		if err == nil {
+			s.remote.add(id, &mountedLayer{mounted: m})
+			return
+		}
+		log.G(ctx).WithError(err).WithField("id", id).Warn("kept connection of an unrestorable layer")
+	}
 	if err := unmountStale(mountpoint); err != nil {
 		log.G(ctx).WithError(err).WithField("id", id).Error("cannot clear the mountpoint of an unrestorable layer")
 		return
