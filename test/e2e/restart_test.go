@@ -132,7 +132,10 @@ func TestRestart(t *testing.T) {
 func testRestartUnderReader(t *testing.T, env *harness.Env, img pushedImage, rd *readerRun, label, what string, restart func(context.Context) error) {
 	ctx := t.Context()
 	rd.waitReads(t, time.Now(), readCounts{"new": 2}, restartBound) // reading now
-	holderBefore, _ := env.Snapshotter.HolderPID()
+	holderBefore := "none"
+	if pid, err := env.Snapshotter.HolderPID(); err == nil {
+		holderBefore = strconv.Itoa(pid)
+	}
 	pidBefore := env.Snapshotter.Process().PID()
 
 	signalled := time.Now()
@@ -140,7 +143,7 @@ func testRestartUnderReader(t *testing.T, env *harness.Env, img pushedImage, rd 
 		t.Fatalf("restart (%s) %s: %v", label, what, err)
 	}
 	ready := time.Now()
-	t.Logf("(%s) %s: rill-snapshotter pid %d → %d, ready again (containerd reaches it) after %s; fd-holder pid %d before",
+	t.Logf("(%s) %s: rill-snapshotter pid %d → %d, ready again (containerd reaches it) after %s; fd-holder pid %s before",
 		label, what, pidBefore, env.Snapshotter.Process().PID(), ready.Sub(signalled).Round(time.Millisecond), holderBefore)
 
 	// The reader goes on: files it holds open since its start, files it read before and files
@@ -450,8 +453,8 @@ func (r *readerRun) waitReads(t *testing.T, after time.Time, want readCounts, bo
 	t.Helper()
 	log, ended := r.waitOutcome(t, after, want, bound)
 	if ended {
-		t.Fatalf("the reader container %s saw an error (or ended) %s after it started: %s\nits last lines:\n%s",
-			r.c.Name, time.Since(r.started).Round(time.Millisecond), firstNonEmpty(log.errLine, "no error line"), log.tail())
+		t.Fatalf("the reader container %s saw an error or ended (it started %s ago): %s\nits last lines:\n%s",
+			r.c.Name, time.Since(r.started).Round(time.Millisecond), log.errLine, log.tail())
 	}
 	return log
 }
