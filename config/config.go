@@ -27,6 +27,8 @@ const (
 	DefaultStatusAddress = "/run/rill/status.sock"
 	DefaultLogLevel      = "info"
 	DefaultLogFormat     = "text"
+	// DefaultHolderSocket is the fd-holder's socket (fdstore.holder_socket).
+	DefaultHolderSocket = "/run/rill/fdstore.sock"
 )
 
 // Config is the whole configuration of rill-snapshotter.
@@ -47,6 +49,32 @@ type Config struct {
 	Credentials Credentials `toml:"credentials"`
 	// ProfileReports sends the prefetch profiles this node records to the fleet's watcher.
 	ProfileReports ProfileReports `toml:"profile_reports"`
+	// FDStore keeps the FUSE connections of streamed layers across restarts of the daemon.
+	FDStore FDStore `toml:"fdstore"`
+}
+
+// FDStore configures where the descriptors of streamed layers' FUSE connections are kept
+// while rill-snapshotter restarts, so that running containers keep reading their files.
+type FDStore struct {
+	// Mode is "auto" (systemd's file-descriptor store when started by systemd with
+	// NOTIFY_SOCKET, else the holder), "systemd", "holder" (an fd-holder process started by
+	// the daemon in its own session) or "off" (nothing kept: containers lose their streamed
+	// files when the daemon stops).
+	Mode string `toml:"mode"`
+	// HolderSocket is the fd-holder's unix socket; its pid file is HolderSocket+".pid".
+	HolderSocket string `toml:"holder_socket"`
+}
+
+var fdstoreModes = []string{"auto", "systemd", "holder", "off"}
+
+func (f FDStore) validate(c Config) error {
+	if !slices.Contains(fdstoreModes, f.Mode) {
+		return fmt.Errorf("fdstore.mode: %q is not one of %s", f.Mode, strings.Join(fdstoreModes, ", "))
+	}
+	if s := f.HolderSocket; s == "" || !filepath.IsAbs(s) || s == c.Address || s == c.StatusSocket() || s == c.CRISocket() {
+		return fmt.Errorf("fdstore.holder_socket: must be an absolute unix socket path other than address, status_address and credentials.cri_address, got %q", s)
+	}
+	return nil
 }
 
 // ProfileReports configures the reports of recorded prefetch profiles to the fleet's
@@ -287,6 +315,7 @@ func Default() Config {
 		Cache:          Cache{MaxSize: "10GiB"},
 		Credentials:    Credentials{ContainerdAddress: DefaultContainerdAddress},
 		ProfileReports: ProfileReports{TokenFile: "/etc/rill/profile-token"},
+		FDStore:        FDStore{Mode: "auto", HolderSocket: DefaultHolderSocket},
 	}
 }
 
@@ -381,6 +410,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.ProfileReports.validate(c.Streaming.RecordWindowDuration()); err != nil {
+		return err
+	}
+	if err := c.FDStore.validate(c); err != nil {
 		return err
 	}
 	if n, err := units.RAMInBytes(c.Cache.MaxSize); err != nil || n < 0 {

@@ -108,6 +108,26 @@ func TestParse(t *testing.T) {
 		{name: "profile reports: not a URL", text: "[profile_reports]\nurl = \"watch:8900\"\n", wantErr: "profile_reports.url"},
 		{name: "profile reports: relative token file", text: "[profile_reports]\nurl = \"http://watch:8900\"\ntoken_file = \"token\"\n", wantErr: "profile_reports.token_file"},
 		{name: "profile reports without recording", text: "[streaming]\nrecord_window = \"0s\"\n[profile_reports]\nurl = \"http://watch:8900\"\n", wantErr: "record_window"},
+		{name: "fdstore defaults", text: "", check: func(t *testing.T, c Config) {
+			if c.FDStore.Mode != "auto" || c.FDStore.HolderSocket != "/run/rill/fdstore.sock" {
+				t.Fatalf("got %+v", c.FDStore)
+			}
+		}},
+		{name: "fdstore holder elsewhere", text: "[fdstore]\nmode = \"holder\"\nholder_socket = \"/tmp/x/fd.sock\"\n", check: func(t *testing.T, c Config) {
+			if c.FDStore.Mode != "holder" || c.FDStore.HolderSocket != "/tmp/x/fd.sock" {
+				t.Fatalf("got %+v", c.FDStore)
+			}
+		}},
+		{name: "fdstore off", text: "[fdstore]\nmode = \"off\"\n", check: func(t *testing.T, c Config) {
+			if c.FDStore.Mode != "off" {
+				t.Fatalf("got %+v", c.FDStore)
+			}
+		}},
+		{name: "bad fdstore mode", text: "[fdstore]\nmode = \"always\"\n", wantErr: "fdstore.mode: \"always\" is not one of auto, systemd, holder, off"},
+		{name: "empty fdstore mode", text: "[fdstore]\nmode = \"\"\n", wantErr: "fdstore.mode"},
+		{name: "relative holder socket", text: "[fdstore]\nholder_socket = \"fd.sock\"\n", wantErr: "fdstore.holder_socket"},
+		{name: "empty holder socket", text: "[fdstore]\nholder_socket = \"\"\n", wantErr: "fdstore.holder_socket"},
+		{name: "holder socket on the snapshots socket", text: "[fdstore]\nholder_socket = \"/run/rill/rill.sock\"\n", wantErr: "fdstore.holder_socket"},
 		{name: "mount option owned by the snapshotter", text: "[snapshotter]\nmount_options = [\"upperdir=/x\"]\n", wantErr: "snapshotter.mount_options"},
 	}
 	for _, c := range cases {

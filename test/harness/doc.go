@@ -25,6 +25,15 @@
 // registry; it then unmounts whatever is still mounted below the temporary directory and, when
 // the run failed, prints the tails of the daemons' logs and keeps the logs.
 //
+// rill-snapshotter keeps its FUSE connections across restarts in an fd-holder it starts itself
+// (fdstore mode auto, no NOTIFY_SOCKET here), on a socket in the harness's directory
+// (Snapshotter.HolderSocket). The holder runs in a session of its own and outlives the daemon;
+// Close stops it by the PID of its pid file, after the daemon and the unmounts. Tests restart
+// the daemon under running containers with Env.RestartSnapshotter (RestartTerm, RestartKill),
+// upgrade it with Env.BuildSnapshotter and Snapshotter.SetBinary, find or kill the holder with
+// Snapshotter.HolderPID and KillHolder, and follow a long-running container with
+// CRI.StartInPod.
+//
 // The images pushed by the tests are built here too, without network: BuildGo compiles static
 // binaries of this repository, LayerWriter writes gzip tar layers, and Push sends an image
 // assembled from them to the registry with go-containerregistry.

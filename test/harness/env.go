@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -152,7 +154,10 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 	}
 
-	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir, opts.MetricsAddress); err != nil {
+	// The daemon keeps its FUSE connections in an fd-holder of its own (no NOTIFY_SOCKET here:
+	// fdstore mode auto uses the holder), whose socket lives in the harness's directory.
+	holderSocket := filepath.Join(dir, "fdstore.sock")
+	if e.Snapshotter, err = newSnapshotter(rillBin, filepath.Join(dir, "rill"), e.logDir, e.CertsDir, opts.MetricsAddress, holderSocket); err != nil {
 		return e, err
 	}
 	e.Snapshotter.extra = opts.SnapshotterConfig
@@ -198,15 +203,101 @@ func (e *Env) StartSnapshotter(ctx context.Context) error {
 	return e.Containerd.WaitSnapshotter(ctx, SnapshotterName, 30*time.Second)
 }
 
+// RestartHow says how RestartSnapshotter ends the running daemon.
+type RestartHow int
+
+const (
+	// RestartTerm sends SIGTERM and requires the daemon to exit 0 in time (a stop, as
+	// `systemctl restart` does).
+	RestartTerm RestartHow = iota
+	// RestartKill sends SIGKILL (a crash).
+	RestartKill
+)
+
+func (h RestartHow) String() string {
+	switch h {
+	case RestartTerm:
+		return "SIGTERM"
+	case RestartKill:
+		return "SIGKILL"
+	}
+	return fmt.Sprintf("RestartHow(%d)", int(h))
+}
+
+// RestartSnapshotter ends the running rill-snapshotter (how) and starts it again, from
+// Snapshotter.Binary() (see SetBinary for an upgrade), on the same root, socket, config and
+// fd-holder; it returns once containerd reaches the new daemon. Containers keep running
+// throughout: nothing else is touched.
+func (e *Env) RestartSnapshotter(ctx context.Context, how RestartHow) error {
+	switch how {
+	case RestartTerm:
+		if err := e.Snapshotter.Stop(ctx); err != nil {
+			return fmt.Errorf("stopping rill-snapshotter with SIGTERM (it must exit 0): %w", err)
+		}
+	case RestartKill:
+		if err := e.Snapshotter.Kill(ctx); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown restart %v", how)
+	}
+	if err := e.StartSnapshotter(ctx); err != nil {
+		return fmt.Errorf("starting rill-snapshotter (%s) after %s: %w", e.Snapshotter.Binary(), how, err)
+	}
+	return nil
+}
+
+// BuildSnapshotter builds rill-snapshotter afresh from the repository (`go build
+// ./cmd/rill-snapshotter`, its version set to name so that the binary differs from the running
+// one) and copies it to a new path below the harness's directory, which it returns: the binary
+// of an upgrade, for Snapshotter.SetBinary.
+func (e *Env) BuildSnapshotter(ctx context.Context, name string) (string, error) {
+	buildDir, err := os.MkdirTemp(filepath.Join(e.Dir, "bin"), "build-")
+	if err != nil {
+		return "", err
+	}
+	built := filepath.Join(buildDir, "rill-snapshotter")
+	if err := buildGo(ctx, e.RepoRoot, "./cmd/rill-snapshotter", built, false, "-ldflags", "-X main.version="+name); err != nil {
+		return "", fmt.Errorf("building rill-snapshotter %s: %w", name, err)
+	}
+	dst := filepath.Join(e.Dir, "bin", name, "rill-snapshotter")
+	if err := copyExecutable(built, dst); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(buildDir); err != nil {
+		return "", err
+	}
+	return dst, nil
+}
+
+// copyExecutable copies the file src to dst (mode 0755), creating dst's directory.
+func copyExecutable(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", src, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	return nil
+}
+
 // LogDir returns the directory of the daemons' logs.
 func (e *Env) LogDir() string { return e.logDir }
 
 // Close stops everything Start started, by PID and in order, even after a failure: CRI pods and
 // containers, ctr tasks, leftover runc containers and shims of this containerd, containerd,
-// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir and removes Dir.
+// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir, stops the
+// fd-holder the daemon started (by the PID in its pid file: SIGTERM, SIGKILL after 10 s) and
+// removes Dir.
 //
 // It returns an error for anything that was not clean: a daemon that did not exit 0 on SIGTERM
-// (rill-snapshotter, containerd), containers, shims or mounts that outlived their owners. When
+// (rill-snapshotter, containerd, the fd-holder), containers, shims or mounts that outlived
+// their owners (FUSE mounts whose connection the fd-holder keeps are its own until it stops,
+// by design: they are unmounted before it is stopped). When
 // failed is true or Close finds a problem, it logs the tails of the daemons' logs and keeps the
 // logs in a directory it names.
 func (e *Env) Close(ctx context.Context, failed bool) error {
@@ -270,11 +361,27 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 			errs = append(errs, fmt.Errorf("%s (pid %d) is still running", p.name, p.PID()))
 		}
 	}
-	if mounts, err := MountsUnder(e.Dir); err != nil || len(mounts) > 0 {
+	holderPID := 0
+	if e.Snapshotter != nil {
+		holderPID, _ = e.Snapshotter.HolderPID()
+	}
+	mounts, err := mountsUnder(e.Dir)
+	if holderPID != 0 {
+		// What the fd-holder keeps outlives the daemon: its FUSE mounts are not left over.
+		mounts = slices.DeleteFunc(mounts, func(m mount) bool { return strings.HasPrefix(m.fstype, "fuse") })
+	}
+	if err != nil || len(mounts) > 0 {
 		errs = append(errs, fmt.Errorf("mounts left below %s after every process stopped: %v (%v)", e.Dir, mounts, err))
 	}
 	if err := UnmountAll(e.Dir); err != nil {
 		errs = append(errs, err)
+	}
+	if e.Snapshotter != nil {
+		if pid, err := e.Snapshotter.stopHolder(ctx, 10*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("stopping the fd-holder: %w", err))
+		} else if pid != 0 {
+			e.logf("stopped the fd-holder (pid %d)", pid)
+		}
 	}
 
 	if failed || len(errs) > 0 {
@@ -325,7 +432,16 @@ func (e *Env) reportLogs() {
 			_ = os.WriteFile(filepath.Join(kept, l.Name()), data, 0o644)
 		}
 	}
+	if e.Snapshotter != nil {
+		holderLog := e.Snapshotter.HolderLogPath()
+		if data, err := os.ReadFile(holderLog); err == nil {
+			e.logf("----- last lines of %s -----\n%s", filepath.Base(holderLog), tailFile(holderLog, 60))
+			if kept != "" {
+				_ = os.WriteFile(filepath.Join(kept, "fd-holder.log"), data, 0o644)
+			}
+		}
+	}
 	if kept != "" {
-		e.logf("the full logs of registry, rill-snapshotter and containerd are kept in %s", kept)
+		e.logf("the full logs of registry, rill-snapshotter, containerd and the fd-holder are kept in %s", kept)
 	}
 }

@@ -15,13 +15,31 @@ import (
 
 // MountsUnder returns the mount points at or below dir, from /proc/self/mountinfo, deepest first.
 func MountsUnder(dir string) ([]string, error) {
+	mounts, err := mountsUnder(dir)
+	paths := make([]string, len(mounts))
+	for i, m := range mounts {
+		paths[i] = m.path
+	}
+	return paths, err
+}
+
+// mount is a line of the mount table.
+type mount struct {
+	path   string
+	fstype string // "overlay", "fuse.rill"...
+}
+
+func (m mount) String() string { return m.path + " (" + m.fstype + ")" }
+
+// mountsUnder returns the mounts at or below dir, deepest first.
+func mountsUnder(dir string) ([]mount, error) {
 	dir = filepath.Clean(dir)
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("reading the mount table: %w", err)
 	}
 	defer f.Close()
-	var mounts []string
+	var mounts []mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -30,17 +48,23 @@ func MountsUnder(dir string) ([]string, error) {
 			continue
 		}
 		mp := unescapeMountPath(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mounts = append(mounts, mp)
+		if mp != dir && !strings.HasPrefix(mp, dir+"/") {
+			continue
 		}
+		m := mount{path: mp}
+		// The file system type follows the " - " separator after the optional fields.
+		if i := slices.Index(fields, "-"); i >= 0 && i+1 < len(fields) {
+			m.fstype = fields[i+1]
+		}
+		mounts = append(mounts, m)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading the mount table: %w", err)
 	}
 	// Deepest first, and a later (stacked) mount before an earlier one on the same point.
 	slices.Reverse(mounts)
-	slices.SortStableFunc(mounts, func(a, b string) int {
-		return strings.Count(b, "/") - strings.Count(a, "/")
+	slices.SortStableFunc(mounts, func(a, b mount) int {
+		return strings.Count(b.path, "/") - strings.Count(a.path, "/")
 	})
 	return mounts, nil
 }

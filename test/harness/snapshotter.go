@@ -39,7 +39,12 @@ type Snapshotter struct {
 	metricsAddress string
 	streaming      []string // extra [streaming] lines (SetStreaming)
 	credentials    []string // [credentials] lines (SetCredentials)
+	fdstore        []string // more [fdstore] lines (SetFDStore)
 	extra          string   // more tables (Options.SnapshotterConfig)
+
+	// holderSocket is the fd-holder's socket: the daemon starts the holder (fdstore mode
+	// auto without NOTIFY_SOCKET, so the holder is used) and it outlives the daemon.
+	holderSocket string
 }
 
 const snapshotterConfig = `root = %q
@@ -55,6 +60,9 @@ async_remove = true
 hosts_dir = %q
 %s%s
 [credentials]
+%s
+[fdstore]
+holder_socket = %q
 %s`
 
 // streamingDefaults are [streaming] lines of the harness's config that SetStreaming can
@@ -79,15 +87,16 @@ address = %q
 `
 
 // newSnapshotter prepares (but does not start) rill-snapshotter bin with its config, root and
-// socket under dir and its log in logDir.
-func newSnapshotter(bin, dir, logDir, certsDir, metricsAddress string) (*Snapshotter, error) {
+// socket under dir, its log in logDir and its fd-holder's socket at holderSocket.
+func newSnapshotter(bin, dir, logDir, certsDir, metricsAddress, holderSocket string) (*Snapshotter, error) {
 	s := &Snapshotter{
-		bin:     bin,
-		dir:     dir,
-		root:    filepath.Join(dir, "root"),
-		socket:  filepath.Join(dir, "rill.sock"),
-		config:  filepath.Join(dir, "config.toml"),
-		logPath: filepath.Join(logDir, "rill-snapshotter.log"),
+		bin:          bin,
+		dir:          dir,
+		root:         filepath.Join(dir, "root"),
+		socket:       filepath.Join(dir, "rill.sock"),
+		config:       filepath.Join(dir, "config.toml"),
+		logPath:      filepath.Join(logDir, "rill-snapshotter.log"),
+		holderSocket: holderSocket,
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the snapshotter directory: %w", err)
@@ -117,6 +126,13 @@ func (s *Snapshotter) SetCredentials(lines ...string) error {
 	return s.writeConfig()
 }
 
+// SetFDStore replaces the extra lines of the config's [fdstore] table (TOML, such as
+// `mode = "off"`); holder_socket is always the harness's. They take effect at the next Start.
+func (s *Snapshotter) SetFDStore(lines ...string) error {
+	s.fdstore = lines
+	return s.writeConfig()
+}
+
 // CRISocket is the socket of rill-snapshotter's CRI image-service proxy (its default place,
 // beside the snapshots socket).
 func (s *Snapshotter) CRISocket() string { return filepath.Join(s.dir, "cri.sock") }
@@ -133,7 +149,12 @@ func (s *Snapshotter) writeConfig() error {
 		extra += l + "\n"
 	}
 	creds := strings.Join(s.credentials, "\n") + "\n"
-	if err := os.WriteFile(s.config, append(fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics, creds), "\n"+s.extra...), 0o644); err != nil {
+	fdstore := ""
+	for _, l := range s.fdstore {
+		fdstore += l + "\n"
+	}
+	config := fmt.Appendf(nil, snapshotterConfig, s.root, s.socket, s.certsDir, extra, s.metrics, creds, s.holderSocket, fdstore)
+	if err := os.WriteFile(s.config, append(config, "\n"+s.extra...), 0o644); err != nil {
 		return fmt.Errorf("writing the snapshotter config: %w", err)
 	}
 	return nil
@@ -179,6 +200,13 @@ func (s *Snapshotter) Kill(ctx context.Context) error {
 	}
 	return nil
 }
+
+// SetBinary makes the next Start run the rill-snapshotter binary at path (an upgrade: see
+// Env.BuildSnapshotter); root, socket, config and fd-holder stay the same.
+func (s *Snapshotter) SetBinary(path string) { s.bin = path }
+
+// Binary is the rill-snapshotter binary the next Start runs.
+func (s *Snapshotter) Binary() string { return s.bin }
 
 // Restart stops the daemon and starts it again on the same root and socket.
 func (s *Snapshotter) Restart(ctx context.Context) error {

@@ -97,11 +97,17 @@ func RepoRoot(ctx context.Context) (string, error) {
 // BuildGo compiles the package pkg (relative to the module root, e.g. "./test/cmd/checker") into
 // out. With static it builds with CGO_ENABLED=0, for images that hold nothing but the binary.
 func BuildGo(ctx context.Context, repoRoot, pkg, out string, static bool) error {
+	return buildGo(ctx, repoRoot, pkg, out, static)
+}
+
+// buildGo is BuildGo with more flags for go build (such as -ldflags).
+func buildGo(ctx context.Context, repoRoot, pkg, out string, static bool, flags ...string) error {
 	goBin, err := LookTool("go")
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-buildvcs=false", "-trimpath", "-o", out, pkg)
+	args := append([]string{"build", "-buildvcs=false", "-trimpath", "-o", out}, flags...)
+	cmd := exec.CommandContext(ctx, goBin, append(args, pkg)...)
 	cmd.Dir = repoRoot
 	cmd.Env = os.Environ()
 	if static {
