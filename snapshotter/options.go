@@ -140,5 +140,8 @@ func WithProfileReports(send ProfileSender, node string) Option {
 // anything else is served. Connections kept for layers that are gone are dropped. On Close the
 // layers are handed over (left mounted, their connections kept) rather than unmounted.
 func WithFDStore(store fdstore.Store, kept map[string]*os.File) Option {
+	if store != nil && store.Kind() == "none" {
+		store = nil // fdstore's mode off: nothing outlives the process, layers are unmounted
+	}
 	return func(s *settings) { s.fds, s.kept = store, kept }
 }

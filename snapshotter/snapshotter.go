@@ -92,6 +92,8 @@ func NewSnapshotter(ctx context.Context, root string, opts ...Option) (*Snapshot
 		sn.loader = newLayerLoader(sn.resolver, sn.tocLimits, set.prepareTimeout, sn.health)
 		sn.restore(ctx)
 		sn.retainCache(ctx)
+	} else {
+		sn.dropKept(ctx)
 	}
 	return sn, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rillstream/rill/config"
+	"github.com/rillstream/rill/fdstore"
 	"github.com/rillstream/rill/snapshotter"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
@@ -61,6 +62,11 @@ func serve(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	defer closeCache()
+	if cfg.Streaming.Enabled {
+		closeStore, fdOpt := openFDStore(ctx, cfg, log)
+		defer closeStore()
+		opts = append(opts, fdOpt)
+	}
 	sn, err := snapshotter.NewSnapshotter(ctx, cfg.Root, append(opts,
 		snapshotter.WithAsyncRemove(cfg.Snapshotter.AsyncRemove),
 		snapshotter.WithMountOptions(cfg.Snapshotter.MountOptions),
@@ -175,4 +181,24 @@ func serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// openFDStore opens where the FUSE connections of streamed layers are kept across restarts
+// (systemd's fd store, or the fd-holder) and returns what the previous process kept. A store
+// that cannot be opened is logged, not fatal: layers are then served as before, and containers
+// using them lose their files when the daemon restarts.
+func openFDStore(ctx context.Context, cfg config.Config, log *logrus.Entry) (func(), snapshotter.Option) {
+	octx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	store, kept, err := fdstore.Open(octx, fdstore.Options{
+		Mode:         fdstore.Mode(cfg.FDStore.Mode),
+		HolderSocket: cfg.FDStore.HolderSocket,
+		Log:          log,
+	})
+	if err != nil {
+		log.WithError(err).Error("cannot keep FUSE connections outside rill-snapshotter (fdstore): running containers lose their streamed files at its next restart; see README, Troubleshooting")
+		return func() {}, snapshotter.WithFDStore(nil, nil)
+	}
+	log.WithFields(logrus.Fields{"fdstore": store.Kind(), "kept": len(kept)}).Info("FUSE connections are kept across restarts")
+	return func() { store.Close() }, snapshotter.WithFDStore(store, kept)
 }
