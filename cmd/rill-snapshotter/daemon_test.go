@@ -25,6 +25,9 @@ import (
 // config file, so tests never read a config installed on the machine (set by TestMain).
 var daemonBinary, emptyConfig string
 
+// noFDStore turns the fd store off in the configs of these tests.
+const noFDStore = "[fdstore]\nmode = \"off\"\n"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "rill-snapshotter-bin-")
 	if err != nil {
@@ -39,7 +42,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	emptyConfig = filepath.Join(dir, "empty.toml")
-	if err := os.WriteFile(emptyConfig, nil, 0o644); err != nil {
+	// No fd-holder outlives these tests: they do not restart daemons under running containers
+	// (test/e2e does, with a holder of its own).
+	if err := os.WriteFile(emptyConfig, []byte(noFDStore), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

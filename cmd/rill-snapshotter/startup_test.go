@@ -39,6 +39,9 @@ func runToExit(t *testing.T, args ...string) (int, string) {
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.toml")
+	if !strings.Contains(text, "[fdstore]") {
+		text += "\n" + noFDStore
+	}
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
