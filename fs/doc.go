@@ -15,7 +15,11 @@
 //     are created, whiteouts become 0/0 character devices and opaque markers the
 //     trusted.overlay.opaque xattr, eStargz bookkeeping entries are hidden;
 //   - Mount serves the index through FUSE. The layer is immutable, so the kernel may cache
-//     entries, attributes, negative lookups and pages for as long as it is mounted.
+//     entries, attributes, negative lookups and pages for as long as it is mounted. A layer
+//     outlives the process serving it: Stop leaves it mounted, its /dev/fuse descriptor
+//     (Device) kept elsewhere (fdstore), and Resume serves the same connection in the next
+//     process — node IDs from the index (inode.go), file handles that are names (handle.go),
+//     each inode's io mode in the state directory (iomode.go), INIT replayed (conn.go).
 //
 // Reads map to the file's chunks. A layer mounted with a cache (MountOptions.Cache, a
 // cache.Layer the caller owns, which Mount pins for as long as the layer is served: the
