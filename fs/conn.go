@@ -72,7 +72,8 @@ var errConnStopped = errors.New("connection handed over")
 // The loop does not use Go's poller: a process that opens files of its own mounts (tests do)
 // would register them with the same epoll instance, and the kernel asks the FUSE server (this
 // loop) whether such a file is ready while holding that instance's lock — a deadlock. So the
-// descriptor is read after poll(2), on a thread of its own, with a pipe to wake it.
+// descriptor is read after poll(2), on a thread of its own, with a pipe to wake it; and at
+// mount the kernel is told that the server does not answer FUSE_POLL (disablePoll).
 
 func newConn(dev *os.File, rfs fuse.RawFileSystem, log *logrus.Entry) (*conn, error) {
 	var fd int
@@ -225,6 +226,26 @@ func (c *conn) replayInit(req []byte) error {
 	if _, st := c.ps.HandleRequest([][]byte{append([]byte(nil), req...)}, [][]byte{out}); !st.Ok() {
 		return fmt.Errorf("replay FUSE INIT: %v", st)
 	}
+	return nil
+}
+
+// pollHackName is the name go-fuse's protocol server answers, at the root of any mount, with
+// a file whose FUSE_POLL it refuses (ENOSYS).
+const pollHackName = ".go-fuse-epoll-hack"
+
+// disablePoll makes the kernel stop asking this connection whether files are ready (FUSE_POLL):
+// it polls a file the protocol server answers ENOSYS for, once, and the kernel remembers it for
+// the life of the connection. Otherwise a Go program that opens files of the mount it serves
+// deadlocks: Go registers every file it opens with its epoll instance, the kernel then asks the
+// server while it holds that instance's lock, and the Go scheduler, which polls that instance
+// too, cannot run the goroutine that would answer. The loop must be serving.
+func disablePoll(mountpoint string) error {
+	fd, err := unix.Open(filepath.Join(mountpoint, pollHackName), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("disable FUSE poll: %w", err)
+	}
+	defer unix.Close(fd)
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
 	return nil
 }
 

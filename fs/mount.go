@@ -160,7 +160,11 @@ func Mount(ctx context.Context, mountpoint string, idx *Index, blob io.ReaderAt,
 		iom.close()
 		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
 	}
-	return start(c, mountpoint, lfs, idx, opts), nil
+	m := start(c, mountpoint, lfs, idx, opts)
+	if err := disablePoll(mountpoint); err != nil {
+		opts.Log.WithError(err).Warn("FUSE poll left on: a process that serves this layer and opens its files could hang")
+	}
+	return m, nil
 }
 
 // Resume serves again, in this process, a layer an earlier process mounted with the same

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rillstream/rill/internal/testlayer"
@@ -38,6 +40,7 @@ func TestCompleteFilesArePassedThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
+	waitReleased(t, m, "complete")
 
 	dropAllPageCaches(t)
 	servedBefore := testutil.ToFloat64(metrics.hitBytes) + testutil.ToFloat64(metrics.missBytes)
@@ -62,5 +65,32 @@ func TestCompleteFilesArePassedThrough(t *testing.T) {
 	}
 	if served := testutil.ToFloat64(metrics.hitBytes) + testutil.ToFloat64(metrics.missBytes); served == servedBefore {
 		t.Fatal("the partly local file was not served by rill")
+	}
+}
+
+// waitReleased waits until every open of path has been released: the kernel sends a file's
+// release after close(2) returns, in the background, and an inode with opens in cached mode
+// cannot be opened with passthrough.
+func waitReleased(t *testing.T, m *Mounted, path string) {
+	t.Helper()
+	n := m.idx.Root
+	for _, name := range strings.Split(strings.Trim(path, "/"), "/") {
+		if n = n.Child(name); n == nil {
+			t.Fatalf("%s: not in the layer", path)
+		}
+	}
+	id := m.lfs.nodes.id(n)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.lfs.io.mu.Lock()
+		open := m.lfs.io.get(id, fieldCached) + m.lfs.io.get(id, fieldPass)
+		m.lfs.io.mu.Unlock()
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d opens never released", path, open)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -93,6 +93,7 @@ func TestResumeServesTheSameConnection(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(mnt, "complete")); err != nil || !bytes.Equal(got, complete.Body) {
 		t.Fatalf("read complete: %v", err)
 	}
+	waitReleased(t, m, "complete")
 	dropAllPageCaches(t)
 	fPass, err := os.Open(filepath.Join(mnt, "complete"))
 	if err != nil {
@@ -185,6 +186,7 @@ func TestResumeServesTheSameConnection(t *testing.T) {
 	}
 	passOpen("second open of a passthrough inode after the hand-over")
 	fPass.Close()
+	waitReleased(t, m2, "complete")
 	dropAllPageCaches(t)
 	passOpen("open after every passthrough open was closed")
 }

@@ -82,7 +82,11 @@ func MountUnavailable(mountpoint string) (*Mounted, error) {
 		dev.Close()
 		return nil, fmt.Errorf("mount unavailable layer at %s: %w", mountpoint, err)
 	}
-	return start(c, mountpoint, nil, nil, MountOptions{Log: log}), nil
+	m := start(c, mountpoint, nil, nil, MountOptions{Log: log})
+	if err := disablePoll(mountpoint); err != nil {
+		log.WithError(err).Warn("FUSE poll left on")
+	}
+	return m, nil
 }
 
 // ResumeUnavailable serves a kept connection (see Resume) whose layer cannot be restored: every
