@@ -310,14 +310,14 @@ func (e *Env) LogDir() string { return e.logDir }
 
 // Close stops everything Start started, by PID and in order, even after a failure: CRI pods and
 // containers, ctr tasks, leftover runc containers and shims of this containerd, containerd,
-// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir, stops the
-// fd-holder the daemon started (by the PID in its pid file: SIGTERM, SIGKILL after 10 s) and
-// removes Dir.
+// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir, closes the
+// fake systemd (StartFakeSystemd) and what it keeps, stops the fd-holder the daemon started (by
+// the PID in its pid file: SIGTERM, SIGKILL after 10 s) and removes Dir.
 //
 // It returns an error for anything that was not clean: a daemon that did not exit 0 on SIGTERM
 // (rill-snapshotter, containerd, the fd-holder), containers, shims or mounts that outlived
-// their owners (FUSE mounts whose connection the fd-holder keeps are its own until it stops,
-// by design: they are unmounted before it is stopped). When
+// their owners (FUSE mounts whose connection the fd-holder or the fake systemd keeps are theirs
+// until they stop, by design: they are unmounted before). When
 // failed is true or Close finds a problem, it logs the tails of the daemons' logs and keeps the
 // logs in a directory it names.
 func (e *Env) Close(ctx context.Context, failed bool) error {
