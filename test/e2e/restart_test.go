@@ -249,6 +249,8 @@ func testUnderFakeSystemd(t *testing.T, env *harness.Env, img pushedImage, rd **
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A holder the daemon starts appends to this log: it must not grow from now on.
+	holderLog := fileSize(env.Snapshotter.HolderLogPath())
 	if err := env.Snapshotter.SetFDStore(`mode = "systemd"`); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +265,7 @@ func testUnderFakeSystemd(t *testing.T, env *harness.Env, img pushedImage, rd **
 	t.Logf("(e) rill-snapshotter (pid %d) runs under a fake systemd, NOTIFY_SOCKET=%s; the fd-holder (pid %d) stopped", first, systemd.NotifySocket(), holder)
 	assertLayersServed(t, env, img)
 	names := layerFDNames(t, env, img)
-	assertNoHolder(t, env, "under the fake systemd")
+	assertNoHolder(t, env, holderLog, "under the fake systemd")
 
 	// Every layer's connection was sent to the fake's store, by the daemon itself.
 	stored := map[string]int{}
@@ -307,7 +309,7 @@ func testUnderFakeSystemd(t *testing.T, env *harness.Env, img pushedImage, rd **
 			if !systemd.Notified(after, "READY", "1") {
 				t.Errorf("(e) no READY=1 from the new rill-snapshotter (pid %d)", after)
 			}
-			assertNoHolder(t, env, "after the restart under the fake systemd")
+			assertNoHolder(t, env, holderLog, "after the restart under the fake systemd")
 			assertKept(t, systemd, names, "after the restart")
 			t.Logf("(e) %s: pid %d → %d got %d descriptors from the fake systemd (LISTEN_FDS), which keeps them still", how, before, after, len(last.Names))
 		})
@@ -357,12 +359,25 @@ func countOf(list []string, s string) int {
 	return n
 }
 
-// assertNoHolder checks that no fd-holder serves the harness's holder socket.
-func assertNoHolder(t *testing.T, env *harness.Env, when string) {
+// assertNoHolder checks that no fd-holder serves the harness's holder socket, and that none
+// was started since the holder's log had logSize bytes (a holder the daemon starts logs there).
+func assertNoHolder(t *testing.T, env *harness.Env, logSize int64, when string) {
 	t.Helper()
 	if pid, err := env.Snapshotter.HolderPID(); !errors.Is(err, harness.ErrNoHolder) {
 		t.Errorf("(e) %s: an fd-holder runs (pid %d, %v): the daemon did not use systemd's store", when, pid, err)
 	}
+	if size := fileSize(env.Snapshotter.HolderLogPath()); size != logSize {
+		t.Errorf("(e) %s: the fd-holder's log %s grew from %d to %d bytes: the daemon started a holder", when, env.Snapshotter.HolderLogPath(), logSize, size)
+	}
+}
+
+// fileSize is the size of the file at path, -1 when there is none.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
 }
 
 // restartImage builds the restart image's layers in dir.
