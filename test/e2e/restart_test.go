@@ -7,10 +7,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +57,12 @@ func readerCommand() []string {
 // Then (d) the fd-holder dies: the running container may lose its files (the connections only
 // the holder kept are gone) but nothing hangs, rill comes back healthy and a new container of
 // the same image reads every file correctly.
+//
+// Last, (e) rill-snapshotter runs under systemd — a fake one (harness.FakeSystemd: no systemd
+// runs here), which keeps what the daemon sends with FDSTORE=1 on NOTIFY_SOCKET and passes it
+// back as LISTEN_FDS, as systemd does — with `[fdstore] mode = "systemd"`, and a new reader
+// goes on reading across a SIGTERM and a SIGKILL restart, its connections kept by the fake
+// alone (no fd-holder runs).
 func TestRestart(t *testing.T) {
 	// No background fetch: a file no container has read stays remote, so that first reads after
 	// a restart are served by the new process from the registry.
@@ -123,6 +131,9 @@ func TestRestart(t *testing.T) {
 	t.Run("(d) the fd-holder dies", func(t *testing.T) {
 		rd = ensureReader(t, env, img, rd)
 		testHolderDeath(t, env, img, rd)
+	})
+	t.Run("(e) under systemd's fd store (fake)", func(t *testing.T) {
+		testUnderFakeSystemd(t, env, img, &rd)
 	})
 }
 
@@ -212,6 +223,161 @@ func testHolderDeath(t *testing.T, env *harness.Env, img pushedImage, rd *reader
 	} else {
 		t.Logf("(d) a new container read all %d files correctly in %s", restartFiles, res.Duration.Round(time.Millisecond))
 	}
+}
+
+// testUnderFakeSystemd moves rill-snapshotter under a fake systemd (case e): the reader of the
+// cases before goes (its connections are the fd-holder's, which a daemon under systemd does
+// not get), the daemon stops (SIGTERM), then its fd-holder, and it starts again through the
+// fake, with fdstore mode systemd. It must keep its layers' connections in the fake's store
+// (FDSTORE=1 for every layer, no fd-holder), and a new reader must go on reading across a
+// SIGTERM and a SIGKILL restart, the new daemon getting the connections as LISTEN_FDS.
+func testUnderFakeSystemd(t *testing.T, env *harness.Env, img pushedImage, rd **readerRun) {
+	ctx := t.Context()
+	if *rd != nil {
+		// (d) removes its reader: a container crictl no longer knows is gone already.
+		if _, _, err := (*rd).c.State(ctx); err == nil {
+			if err := (*rd).c.Remove(ctx); err != nil {
+				t.Fatalf("removing the reader container of the cases before: %v", err)
+			}
+		}
+		*rd = nil
+	}
+	if err := env.Snapshotter.Stop(ctx); err != nil {
+		t.Fatalf("stopping rill-snapshotter to run it under the fake systemd: %v", err)
+	}
+	holder, err := env.Snapshotter.StopHolder(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A holder the daemon starts appends to this log: it must not grow from now on.
+	holderLog := fileSize(env.Snapshotter.HolderLogPath())
+	if err := env.Snapshotter.SetFDStore(`mode = "systemd"`); err != nil {
+		t.Fatal(err)
+	}
+	systemd, err := env.StartFakeSystemd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.StartSnapshotter(ctx); err != nil {
+		t.Fatalf("starting rill-snapshotter under the fake systemd: %v", err)
+	}
+	first := env.Snapshotter.Process().PID()
+	t.Logf("(e) rill-snapshotter (pid %d) runs under a fake systemd, NOTIFY_SOCKET=%s; the fd-holder (pid %d) stopped", first, systemd.NotifySocket(), holder)
+	assertLayersServed(t, env, img)
+	names := layerFDNames(t, env, img)
+	assertNoHolder(t, env, holderLog, "under the fake systemd")
+
+	// Every layer's connection was sent to the fake's store, by the daemon itself.
+	stored := map[string]int{}
+	for _, n := range systemd.Notifications() {
+		if n.Accepted && n.PID == first && n.Fields["FDSTORE"] == "1" {
+			stored[n.Fields["FDNAME"]] += n.FDs
+		}
+	}
+	for _, name := range names {
+		if stored[name] != 1 {
+			t.Errorf("(e) the fake systemd received %d descriptors with FDSTORE=1 FDNAME=%s from rill-snapshotter (pid %d), want 1", stored[name], name, first)
+		}
+	}
+	assertKept(t, systemd, names, "at the start under the fake systemd")
+	t.Logf("(e) the fake systemd keeps %d descriptors (%d layers of the image): %s", len(systemd.Kept()), len(names), strings.Join(systemd.Kept(), " "))
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	for _, how := range []harness.RestartHow{harness.RestartTerm, harness.RestartKill} {
+		t.Run(how.String(), func(t *testing.T) {
+			*rd = ensureReader(t, env, img, *rd)
+			before := env.Snapshotter.Process().PID()
+			testRestartUnderReader(t, env, img, *rd, "e", how.String()+" under fake systemd", func(ctx context.Context) error {
+				return env.RestartSnapshotter(ctx, how)
+			})
+			after := env.Snapshotter.Process().PID()
+			starts := systemd.Starts()
+			last := starts[len(starts)-1]
+			if last.PID != after {
+				t.Fatalf("(e) rill-snapshotter runs as pid %d, but the fake systemd last started pid %d", after, last.PID)
+			}
+			for _, name := range names {
+				if !slices.Contains(last.Names, name) {
+					t.Errorf("(e) the fake systemd did not pass %s to the new rill-snapshotter (LISTEN_FDNAMES=%s)", name, strings.Join(last.Names, ":"))
+				}
+			}
+			if how == harness.RestartTerm && !systemd.Notified(before, "STOPPING", "1") {
+				t.Errorf("(e) rill-snapshotter (pid %d) stopped on SIGTERM without STOPPING=1", before)
+			}
+			if !systemd.Notified(after, "READY", "1") {
+				t.Errorf("(e) no READY=1 from the new rill-snapshotter (pid %d)", after)
+			}
+			assertNoHolder(t, env, holderLog, "after the restart under the fake systemd")
+			assertKept(t, systemd, names, "after the restart")
+			t.Logf("(e) %s: pid %d → %d got %d descriptors from the fake systemd (LISTEN_FDS), which keeps them still", how, before, after, len(last.Names))
+		})
+	}
+	if dropped := systemd.DroppedOnHangup(); len(dropped) > 0 {
+		t.Logf("(e) the fake systemd dropped hung-up descriptors: %v", dropped)
+	}
+}
+
+// layerFDNames are the names rill keeps img's layers' connections under: layer-<snapshot id>.
+func layerFDNames(t *testing.T, env *harness.Env, img pushedImage) []string {
+	t.Helper()
+	blobs := map[string]bool{}
+	for _, l := range img.Spec.Layers {
+		blobs[l.Digest.String()] = true
+	}
+	var names []string
+	for _, l := range statusLayers(t, env) {
+		if blobs[l.Blob.String()] && !l.Unavailable {
+			names = append(names, "layer-"+l.Snapshot)
+		}
+	}
+	if len(names) != len(blobs) {
+		t.Fatalf("rill's status lists %d streamed layers of the image (%v), want %d", len(names), names, len(blobs))
+	}
+	return names
+}
+
+// assertKept checks that the fake systemd keeps exactly one descriptor under each of names.
+func assertKept(t *testing.T, systemd *harness.FakeSystemd, names []string, when string) {
+	t.Helper()
+	kept := systemd.Kept()
+	for _, name := range names {
+		if n := countOf(kept, name); n != 1 {
+			t.Errorf("(e) %s: the fake systemd keeps %d descriptors named %s, want 1 (it keeps %v)", when, n, name, kept)
+		}
+	}
+}
+
+func countOf(list []string, s string) int {
+	n := 0
+	for _, v := range list {
+		if v == s {
+			n++
+		}
+	}
+	return n
+}
+
+// assertNoHolder checks that no fd-holder serves the harness's holder socket, and that none
+// was started since the holder's log had logSize bytes (a holder the daemon starts logs there).
+func assertNoHolder(t *testing.T, env *harness.Env, logSize int64, when string) {
+	t.Helper()
+	if pid, err := env.Snapshotter.HolderPID(); !errors.Is(err, harness.ErrNoHolder) {
+		t.Errorf("(e) %s: an fd-holder runs (pid %d, %v): the daemon did not use systemd's store", when, pid, err)
+	}
+	if size := fileSize(env.Snapshotter.HolderLogPath()); size != logSize {
+		t.Errorf("(e) %s: the fd-holder's log %s grew from %d to %d bytes: the daemon started a holder", when, env.Snapshotter.HolderLogPath(), logSize, size)
+	}
+}
+
+// fileSize is the size of the file at path, -1 when there is none.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
 }
 
 // restartImage builds the restart image's layers in dir.

@@ -34,6 +34,14 @@
 // Snapshotter.HolderPID and KillHolder, and follow a long-running container with
 // CRI.StartInPod.
 //
+// No systemd runs here, so a test that needs one gets a fake: Env.StartFakeSystemd starts a
+// FakeSystemd in the test process (a NOTIFY_SOCKET listener that keeps the descriptors sent with
+// FDSTORE=1 and passes them to the next start as LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, as
+// systemd does for a Type=notify unit with FileDescriptorStoreMax= and
+// FileDescriptorStorePreserve=yes), and every later Start of rill-snapshotter goes through it;
+// with `[fdstore] mode = "systemd"` (Snapshotter.SetFDStore) the daemon keeps its connections
+// there, and no fd-holder runs.
+//
 // The images pushed by the tests are built here too, without network: BuildGo compiles static
 // binaries of this repository, LayerWriter writes gzip tar layers, and Push sends an image
 // assembled from them to the registry with go-containerregistry.

@@ -203,6 +203,26 @@ func (e *Env) StartSnapshotter(ctx context.Context) error {
 	return e.Containerd.WaitSnapshotter(ctx, SnapshotterName, 30*time.Second)
 }
 
+// StartFakeSystemd starts a fake systemd (FakeSystemd) below Dir, its log beside the daemons'
+// logs, and makes every later Start of rill-snapshotter go through it: with NOTIFY_SOCKET, the
+// descriptors it keeps passed as LISTEN_FDS, and ready once READY=1 came. The running daemon is
+// not touched: stop it first (and its fd-holder, StopHolder, whose connections the daemon
+// started by the fake does not get), and set `mode = "systemd"` with SetFDStore to be sure the
+// daemon uses the fake's store. Close stops the daemon, unmounts, then closes the fake and what
+// it keeps.
+func (e *Env) StartFakeSystemd() (*FakeSystemd, error) {
+	if e.Snapshotter.manager != nil {
+		return nil, errors.New("rill-snapshotter already runs under a fake systemd")
+	}
+	m, err := StartFakeSystemd(filepath.Join(e.Dir, "systemd"), filepath.Join(e.logDir, "fake-systemd.log"), 0)
+	if err != nil {
+		return nil, err
+	}
+	e.Snapshotter.manager = m
+	e.logf("fake systemd listening on NOTIFY_SOCKET=%s", m.NotifySocket())
+	return m, nil
+}
+
 // RestartHow says how RestartSnapshotter ends the running daemon.
 type RestartHow int
 
@@ -290,14 +310,14 @@ func (e *Env) LogDir() string { return e.logDir }
 
 // Close stops everything Start started, by PID and in order, even after a failure: CRI pods and
 // containers, ctr tasks, leftover runc containers and shims of this containerd, containerd,
-// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir, stops the
-// fd-holder the daemon started (by the PID in its pid file: SIGTERM, SIGKILL after 10 s) and
-// removes Dir.
+// rill-snapshotter, the registry; then it unmounts whatever is mounted below Dir, closes the
+// fake systemd (StartFakeSystemd) and what it keeps, stops the fd-holder the daemon started (by
+// the PID in its pid file: SIGTERM, SIGKILL after 10 s) and removes Dir.
 //
 // It returns an error for anything that was not clean: a daemon that did not exit 0 on SIGTERM
 // (rill-snapshotter, containerd, the fd-holder), containers, shims or mounts that outlived
-// their owners (FUSE mounts whose connection the fd-holder keeps are its own until it stops,
-// by design: they are unmounted before it is stopped). When
+// their owners (FUSE mounts whose connection the fd-holder or the fake systemd keeps are theirs
+// until they stop, by design: they are unmounted before). When
 // failed is true or Close finds a problem, it logs the tails of the daemons' logs and keeps the
 // logs in a directory it names.
 func (e *Env) Close(ctx context.Context, failed bool) error {
@@ -362,12 +382,15 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 		}
 	}
 	holderPID := 0
+	var manager *FakeSystemd
 	if e.Snapshotter != nil {
 		holderPID, _ = e.Snapshotter.HolderPID()
+		manager = e.Snapshotter.manager
 	}
 	mounts, err := mountsUnder(e.Dir)
-	if holderPID != 0 {
-		// What the fd-holder keeps outlives the daemon: its FUSE mounts are not left over.
+	if holderPID != 0 || manager != nil {
+		// What the fd-holder (or the fake systemd) keeps outlives the daemon: its FUSE mounts
+		// are not left over.
 		mounts = slices.DeleteFunc(mounts, func(m mount) bool { return strings.HasPrefix(m.fstype, "fuse") })
 	}
 	if err != nil || len(mounts) > 0 {
@@ -375,6 +398,11 @@ func (e *Env) Close(ctx context.Context, failed bool) error {
 	}
 	if err := UnmountAll(e.Dir); err != nil {
 		errs = append(errs, err)
+	}
+	if manager != nil {
+		if err := manager.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the fake systemd: %w", err))
+		}
 	}
 	if e.Snapshotter != nil {
 		if pid, err := e.Snapshotter.stopHolder(ctx, 10*time.Second); err != nil {

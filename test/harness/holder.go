@@ -86,6 +86,14 @@ func (s *Snapshotter) KillHolder(ctx context.Context) error {
 	return waitGone(ctx, pid, "fd-holder", 30*time.Second)
 }
 
+// StopHolder stops the fd-holder, if one runs (SIGTERM, SIGKILL after 10 s), and returns its
+// pid (0 if none ran). Every descriptor it kept is closed: FUSE connections only it kept are
+// ended, and the containers reading them lose their files. Stop the daemon first, or it starts
+// another holder.
+func (s *Snapshotter) StopHolder(ctx context.Context) (int, error) {
+	return s.stopHolder(ctx, 10*time.Second)
+}
+
 // stopHolder stops the fd-holder, if one runs: SIGTERM, then SIGKILL after grace. It returns
 // the pid it stopped (0 if none ran) and an error when the holder had to be killed or does not
 // die.

@@ -24,6 +24,12 @@ type Process struct {
 // process group (a Ctrl-C in the terminal reaches only the harness, which then stops it in
 // order) and is killed by the kernel should the harness die first.
 func startProcess(name, logPath string, env []string, bin string, args ...string) (*Process, error) {
+	return startProcessFiles(name, logPath, env, nil, bin, args...)
+}
+
+// startProcessFiles is startProcess that passes files to the process as descriptors 3, 4, ...
+// (exec.Cmd.ExtraFiles); the caller keeps its own.
+func startProcessFiles(name, logPath string, env []string, files []*os.File, bin string, args ...string) (*Process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("opening the log of %s: %w", name, err)
@@ -33,6 +39,7 @@ func startProcess(name, logPath string, env []string, bin string, args ...string
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)

@@ -45,6 +45,8 @@ type Snapshotter struct {
 	// holderSocket is the fd-holder's socket: the daemon starts the holder (fdstore mode
 	// auto without NOTIFY_SOCKET, so the holder is used) and it outlives the daemon.
 	holderSocket string
+	// manager, when set (Env.StartFakeSystemd), starts the daemon as systemd would.
+	manager *FakeSystemd
 }
 
 const snapshotterConfig = `root = %q
@@ -165,14 +167,34 @@ func (s *Snapshotter) Start(ctx context.Context) error {
 	if s.proc != nil && !s.proc.Exited() {
 		return fmt.Errorf("rill-snapshotter is already running (pid %d)", s.proc.PID())
 	}
-	proc, err := startProcess("rill-snapshotter", s.logPath, os.Environ(), s.bin,
-		"--config", s.config, "--root", s.root, "--address", s.socket, "--log-level", "debug")
+	args := []string{"--config", s.config, "--root", s.root, "--address", s.socket, "--log-level", "debug"}
+	var (
+		proc *Process
+		err  error
+	)
+	if s.manager != nil {
+		proc, err = s.manager.start(ctx, "rill-snapshotter", s.logPath, s.bin, args...)
+	} else {
+		proc, err = startProcess("rill-snapshotter", s.logPath, os.Environ(), s.bin, args...)
+	}
 	if err != nil {
 		return err
 	}
 	s.proc = proc
-	return proc.waitReady(ctx, 30*time.Second, s.dial)
+	ready := s.dial
+	if m := s.manager; m != nil { // Type=notify: started once it says READY=1
+		ready = func(ctx context.Context) error {
+			if err := s.dial(ctx); err != nil {
+				return err
+			}
+			return m.readyErr(proc.PID())
+		}
+	}
+	return proc.waitReady(ctx, 30*time.Second, ready)
 }
+
+// ServiceManager returns the fake systemd that starts the daemon (Env.StartFakeSystemd), or nil.
+func (s *Snapshotter) ServiceManager() *FakeSystemd { return s.manager }
 
 // Stop sends SIGTERM and waits for the daemon to exit; it fails unless the daemon exits 0 in time.
 func (s *Snapshotter) Stop(ctx context.Context) error {
