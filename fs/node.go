@@ -155,12 +155,8 @@ func (l *layerFS) ListXAttr(_ <-chan struct{}, h *fuse.InHeader, dest []byte) (u
 func (l *layerFS) Flush(_ <-chan struct{}, _ *fuse.FlushIn) fuse.Status { return fuse.OK }
 
 func (l *layerFS) OpenDir(_ <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	n := l.nodes.node(in.NodeId)
-	if n == nil {
-		return fuse.Status(syscall.ESTALE)
-	}
-	if n.Kind != KindDir {
-		return fuse.ENOTDIR
+	if _, st := l.dir(in.NodeId); !st.Ok() {
+		return st
 	}
 	// The listing never changes: the kernel may keep it.
 	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
@@ -188,13 +184,22 @@ func (l *layerFS) dirEntry(id uint64, dir *Node, i int) (fuse.DirEntry, *Node, b
 	return fuse.DirEntry{}, nil, false
 }
 
-func (l *layerFS) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	dir := l.nodes.node(in.NodeId)
+// dir returns directory id.
+func (l *layerFS) dir(id uint64) (*Node, fuse.Status) {
+	dir := l.nodes.node(id)
 	if dir == nil {
-		return fuse.Status(syscall.ESTALE)
+		return nil, fuse.Status(syscall.ESTALE)
 	}
 	if dir.Kind != KindDir {
-		return fuse.ENOTDIR
+		return nil, fuse.ENOTDIR
+	}
+	return dir, fuse.OK
+}
+
+func (l *layerFS) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	dir, st := l.dir(in.NodeId)
+	if !st.Ok() {
+		return st
 	}
 	for i := int(in.Offset); ; i++ {
 		e, _, ok := l.dirEntry(in.NodeId, dir, i)
@@ -205,12 +210,9 @@ func (l *layerFS) ReadDir(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntry
 }
 
 func (l *layerFS) ReadDirPlus(_ <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	dir := l.nodes.node(in.NodeId)
-	if dir == nil {
-		return fuse.Status(syscall.ESTALE)
-	}
-	if dir.Kind != KindDir {
-		return fuse.ENOTDIR
+	dir, st := l.dir(in.NodeId)
+	if !st.Ok() {
+		return st
 	}
 	for i := int(in.Offset); ; i++ {
 		e, child, ok := l.dirEntry(in.NodeId, dir, i)
