@@ -55,8 +55,10 @@ fmt:
 clean:
 	rm -rf $(BIN)
 
-# The time-to-ready benchmark over an emulated 100 Mbit/s, 20 ms link (script/bench; root).
-# BENCH_FLAGS passes flags, e.g. make bench BENCH_FLAGS="--workloads bigfile --runs 1".
+# The time-to-ready benchmark over an emulated 100 Mbit/s, 20 ms link (script/bench; root):
+# containerd's full pull, stargz-snapshotter v0.18.2 (eStargz, and optimized eStargz; its daemon
+# built from script/bench/stargz) and rill, side by side. BENCH_FLAGS passes flags, e.g.
+# make bench BENCH_FLAGS="--workloads python --runs 1 --modes full,stargz,stargz-opt,rill,rill-profile".
 .PHONY: bench
 bench: setup
 	$(GO) run ./script/bench $(BENCH_FLAGS)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/rillstream/rill/internal/link"
@@ -23,6 +24,7 @@ type bench struct {
 	rillCLI  string
 	logf     func(format string, args ...any)
 	watch    *fleetWatcher // the fleet mode's rill watch, once started
+	stargz   *peerConfig   // stargz-snapshotter, for the stargz modes
 }
 
 // run runs the benchmark cfg describes and writes its report to stdout and cfg.out.
@@ -122,6 +124,17 @@ func (bn *bench) start(ctx context.Context) error {
 	bn.rillCLI = filepath.Join(bn.work, "rill")
 	if err := harness.BuildGo(ctx, bn.repoRoot, "./cmd/rill", bn.rillCLI, false); err != nil {
 		return fmt.Errorf("building the rill CLI: %w", err)
+	}
+	if slices.ContainsFunc(bn.cfg.modes, isStargz) {
+		bin := bn.cfg.stargzBin
+		if bin == "" {
+			began := time.Now()
+			if bin, err = buildStargzDaemon(ctx, bn.repoRoot, filepath.Join(bn.cfg.cacheDir, "bin")); err != nil {
+				return err
+			}
+			bn.logf("built stargz-snapshotter's daemon %s in %s", bin, time.Since(began).Round(time.Millisecond))
+		}
+		bn.stargz = stargzPeer(bin)
 	}
 	return nil
 }

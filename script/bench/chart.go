@@ -15,7 +15,8 @@ import (
 
 // drawChart draws time to ready as grouped bars (a group per workload, a bar per mode, the
 // median with the min–max range as a whisker) on a log scale, with each workload's physical
-// limit as a dashed line across its group, and writes it as a PNG.
+// limit as a dashed line across its group, and writes it as a PNG. rill's bars say how their
+// time compares with stargz-snapshotter's counterpart mode, when it ran.
 func drawChart(path string, sums []summary, linkText string) error {
 	var workloads, modes []string
 	for _, s := range sums {
@@ -76,8 +77,14 @@ func drawChart(path string, sums []summary, linkText string) error {
 			}
 			whisker.Color = color.Black
 			p.Add(whisker)
+			text := fmt.Sprintf("%.1fs", s.ready.med)
+			if c := stargzCounterpart(mode); c != "" {
+				if r := readyRatio(sums, s, c); r > 0 {
+					text += fmt.Sprintf("\n%.2f× %s", r, c)
+				}
+			}
 			label, err := plotter.NewLabels(plotter.XYLabels{
-				XYs: []plotter.XY{{X: x0, Y: s.ready.max * 1.08}}, Labels: []string{fmt.Sprintf("%.1fs", s.ready.med)},
+				XYs: []plotter.XY{{X: x0, Y: s.ready.max * 1.08}}, Labels: []string{text},
 			})
 			if err != nil {
 				return err

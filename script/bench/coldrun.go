@@ -97,16 +97,20 @@ func (bn *bench) coldRunWith(parent context.Context, w *workload, mode, ref stri
 		if opts.MetricsAddress, err = freePort(); err != nil {
 			return res, err
 		}
-	case modePeer:
-		peer, err := startPeer(ctx, bn.cfg.peer, dir, bn.link.Addr())
+	case modePeer, modeStargz, modeStargzOpt:
+		pc := bn.cfg.peer
+		if isStargz(mode) {
+			pc = bn.stargz
+		}
+		peer, err := startPeer(ctx, pc, dir, bn.link.Addr())
 		if err != nil {
 			return res, err
 		}
 		defer func() {
 			err = errors.Join(err, peer.stop(), harness.UnmountAll(peer.root))
 		}()
-		opts.CRISnapshotter = bn.cfg.peer.name
-		opts.ProxySnapshotters = map[string]string{bn.cfg.peer.name: peer.socket}
+		opts.CRISnapshotter = pc.name
+		opts.ProxySnapshotters = map[string]string{pc.name: peer.socket}
 	}
 	started := time.Now()
 	env, err := harness.Start(ctx, opts)
@@ -179,8 +183,11 @@ func (bn *bench) coldRunWith(parent context.Context, w *workload, mode, ref stri
 	}
 	bn.logf("  ready after %s; waiting for the link to fall quiet", sec(res.ready))
 	quietAfter := time.Now()
-	if opts.CRISnapshotter == "" { // rill: its background fetch starts after a delay
+	switch {
+	case opts.CRISnapshotter == "": // rill: its background fetch starts after a delay
 		quietAfter = began.Add(backgroundStart)
+	case isStargz(mode): // stargz-snapshotter: once on-demand reads have been silent a while
+		quietAfter = later(began.Add(backgroundStart), time.Now().Add(stargzSilence))
 	}
 	bn.settle(ctx, quietAfter)
 	res.bytesTotal = bn.link.BytesDown() - before
@@ -248,6 +255,13 @@ func (bn *bench) settle(ctx context.Context, quietAfter time.Time) {
 			last, quietSince = n, time.Now()
 		}
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // waitForLine polls the container's CRI log until a line of its stdout is want.

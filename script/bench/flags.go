@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -28,6 +29,9 @@ type config struct {
 	// profiles are prefetch profiles given on the command line, by workload.
 	profiles map[string]string
 	peer     *peerConfig
+	// stargzBin is a prebuilt stargz-snapshotter daemon for the stargz modes (default: build
+	// script/bench/stargz).
+	stargzBin string
 	// settle bounds the wait, after the container is ready, for the link to fall quiet (the
 	// background fetch to end) before the total bytes are read.
 	settle  time.Duration
@@ -41,9 +45,22 @@ const (
 	modeRillProfile = "rill-profile"
 	modePeer        = "peer"
 	modeFleet       = "fleet"
+	modeStargz      = "stargz"
+	modeStargzOpt   = "stargz-opt"
 )
 
-func knownModes() []string { return []string{modeFull, modeRill, modeRillProfile, modeFleet, modePeer} }
+func knownModes() []string {
+	return []string{modeFull, modeStargz, modeStargzOpt, modeRill, modeRillProfile, modeFleet, modePeer}
+}
+
+// defaultModes are the modes run when --modes is not given: stargz-snapshotter beside rill,
+// except in --quick (the smoke test stays as fast as it was; --modes adds them).
+func defaultModes(quick bool) []string {
+	if quick {
+		return []string{modeFull, modeRill, modeRillProfile, modeFleet}
+	}
+	return []string{modeFull, modeStargz, modeStargzOpt, modeRill, modeRillProfile, modeFleet}
+}
 
 type listFlag struct{ list *[]string }
 
@@ -88,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var mbit float64
 	var peer peerFlags
 	fs.Var(listFlag{&cfg.workloads}, "workloads", "comma-separated workloads: "+strings.Join(workloadNames(), ", ")+" (default all; --quick: bigfile,smallfiles)")
-	fs.Var(listFlag{&cfg.modes}, "modes", "comma-separated modes: full, rill, rill-profile, fleet, peer (default: all but peer; peer when --peer-bin is given)")
+	fs.Var(listFlag{&cfg.modes}, "modes", "comma-separated modes: "+strings.Join(knownModes(), ", ")+" (default: all but peer, and peer when --peer-bin is given; --quick: full, rill, rill-profile, fleet)")
 	fs.IntVar(&cfg.runs, "runs", 3, "cold runs of each workload and mode")
 	fs.StringVar(&cfg.out, "out", "bench-out", "directory for results.csv, runs.csv and time-to-ready.png")
 	fs.StringVar(&cfg.cacheDir, "cache", "/var/cache/rill-bench", "where built workloads are kept between runs")
@@ -100,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(profileFlag(cfg.profiles), "profile", "WORKLOAD=FILE: the prefetch profile for rill-profile (paths, one a line); repeatable. Default: record one with rill-snapshotter in a cold run of the rill mode first")
 	fs.DurationVar(&cfg.settle, "settle", 2*time.Minute, "after ready, wait at most this long for the link to fall quiet before counting total bytes")
 	fs.DurationVar(&cfg.timeout, "run-timeout", 20*time.Minute, "bound of one run")
+	fs.StringVar(&cfg.stargzBin, "stargz-bin", "", "stargz-snapshotter daemon for the stargz modes, taking -root and -address (default: build script/bench/stargz, stargz-snapshotter v0.18.2, into --cache)")
 	peer.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -126,9 +144,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	if len(cfg.modes) == 0 {
-		cfg.modes = []string{modeFull, modeRill, modeRillProfile, modeFleet}
+		cfg.modes = defaultModes(cfg.quick)
 		if cfg.peer != nil {
 			cfg.modes = append(cfg.modes, modePeer)
+		}
+	}
+	if cfg.stargzBin != "" {
+		if cfg.stargzBin, err = exec.LookPath(cfg.stargzBin); err != nil {
+			err = fmt.Errorf("--stargz-bin: %w", err)
+			fmt.Fprintln(stderr, err)
+			return nil, err
+		}
+		if cfg.stargzBin, err = filepath.Abs(cfg.stargzBin); err != nil {
+			return nil, err
 		}
 	}
 	cfg.bandwidth = mbit * 1e6
@@ -153,6 +181,9 @@ func (c *config) validate() error {
 	}
 	if slices.Contains(c.modes, modePeer) && c.peer == nil {
 		errs = append(errs, errors.New("--modes peer needs --peer-bin, --peer-socket and --peer-image"))
+	}
+	if c.peer != nil && c.peer.name == stargzName && (slices.Contains(c.modes, modeStargz) || slices.Contains(c.modes, modeStargzOpt)) {
+		errs = append(errs, fmt.Errorf("--peer-name %q is the stargz modes' snapshotter: choose another", stargzName))
 	}
 	for w := range c.profiles {
 		if !slices.Contains(workloadNames(), w) {

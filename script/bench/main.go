@@ -1,6 +1,8 @@
 // Command bench measures how soon a container is ready — serving, not merely pulled — over an
-// emulated wide-area link, for containerd's own full pull and for rill streaming (with and
-// without a prefetch profile), and for any other proxy snapshotter given with --peer.
+// emulated wide-area link, for containerd's own full pull, for stargz-snapshotter v0.18.2
+// (modes stargz and stargz-opt: eStargz and optimized eStargz, its daemon built from
+// script/bench/stargz), for rill streaming (with and without a prefetch profile), and for any
+// other proxy snapshotter given with --peer.
 //
 // Every run is cold: a fresh containerd and snapshotter with empty state, the page cache
 // dropped. The registry and the link stay up for the whole benchmark. It prints a table
@@ -10,6 +12,7 @@
 //	go run ./script/bench                       # everything: 3 runs of each workload and mode
 //	go run ./script/bench --quick               # small workloads, 1 run: a smoke test
 //	go run ./script/bench --workloads bigfile,smallfiles --modes full,rill --runs 1
+//	go run ./script/bench --workloads python --runs 1 --modes full,stargz,stargz-opt,rill,rill-profile
 //
 // It runs as root and needs what script/setup-test-env.sh installs.
 package main

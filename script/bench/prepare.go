@@ -23,11 +23,21 @@ import (
 //	rill-profile  bench/W-profile:rill  the same, created with --prefetch-profile
 //	fleet         bench/W-fleet:rill    the same, whose profile rill watch learnt from a first node
 //	peer          bench/W-estargz:peer  the image converted to eStargz (or --peer-image)
+//	stargz        bench/W-stargz:stargz      converted by estargz.Build, no prioritized files
+//	stargz-opt    bench/W-stargz-opt:stargz  the same with the profile as prioritized files
+//
+// stargz-opt comes last: it takes the profile rill-profile uses (recorded by rill in a cold
+// run, or given with --profile), or, without the rill-profile mode, the files the workload
+// opens at start as the workload knows them.
 func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, error) {
 	reg, via := bn.registry.Host(), bn.link.Addr()
 	refs := map[string]string{}
 	push := func(repo string) error { return bn.push(ctx, w, repo) }
-	for _, mode := range bn.cfg.modes {
+	modes := slices.DeleteFunc(slices.Clone(bn.cfg.modes), func(m string) bool { return m == modeStargzOpt })
+	if len(modes) < len(bn.cfg.modes) {
+		modes = append(modes, modeStargzOpt)
+	}
+	for _, mode := range modes {
 		switch mode {
 		case modeFull:
 			if err := push("bench/" + w.name + ":full"); err != nil {
@@ -77,6 +87,20 @@ func (bn *bench) prepare(ctx context.Context, w *workload) (map[string]string, e
 			refs[mode] = ref
 		case modePeer:
 			ref, err := bn.preparePeer(ctx, w)
+			if err != nil {
+				return nil, err
+			}
+			refs[mode] = ref
+		case modeStargz, modeStargzOpt:
+			var prioritized []string
+			if mode == modeStargzOpt {
+				if len(w.profile) == 0 {
+					return nil, fmt.Errorf("%s: no profile to prioritize for %s", w.name, mode)
+				}
+				prioritized = w.profile
+				w.stargzSource = fmt.Sprintf("%d paths, %s", len(w.profile), w.profileSource)
+			}
+			ref, err := bn.prepareStargz(ctx, w, mode, prioritized)
 			if err != nil {
 				return nil, err
 			}

@@ -124,6 +124,19 @@ func (bn *bench) report(stdout io.Writer, ws []*workload, rs []runResult, sums [
 			}
 		}
 	}
+	if hasStargz(sums) {
+		fmt.Fprintf(stdout, "stargz: stargz-snapshotter %s (stargz-grpc, built from its library packages by script/bench/stargz) pulling the workload converted by estargz.Build, as its tools convert (gzip level 9, no prioritized files: no prefetch).\n", stargzVersion)
+		if slices.Contains(cfg.modes, modeStargzOpt) {
+			fmt.Fprintf(stdout, "stargz-opt: the same, converted with the profile as prioritized files (estargz.WithPrioritizedFiles: those files first, then the prefetch landmark, as `ctr-remote image optimize` makes); stargz-snapshotter prefetches up to the landmark at mount.\n")
+			for _, w := range ws {
+				if w.stargzSource != "" {
+					fmt.Fprintf(stdout, "  %-10s prioritized files: %s\n", w.name, w.stargzSource)
+				}
+			}
+		}
+		fmt.Fprintf(stdout, "\nrill ÷ stargz-snapshotter, time to ready (medians; rill without a profile against stargz without optimization, with a profile against the optimized eStargz):\n")
+		writeStargzRatios(stdout, sums)
+	}
 	if err := writeCSVs(cfg.out, rs, sums); err != nil {
 		return err
 	}
@@ -133,6 +146,65 @@ func (bn *bench) report(stdout io.Writer, ws []*workload, rs []runResult, sums [
 	}
 	fmt.Fprintf(stdout, "\nwrote %s, %s and %s\n", filepath.Join(cfg.out, "results.csv"), filepath.Join(cfg.out, "runs.csv"), chart)
 	return nil
+}
+
+// stargzCounterpart is the stargz mode a mode is compared with: the one with the same
+// knowledge of the start (none, or the profile), or "" for modes compared with neither.
+func stargzCounterpart(mode string) string {
+	switch mode {
+	case modeRill:
+		return modeStargz
+	case modeRillProfile, modeFleet:
+		return modeStargzOpt
+	}
+	return ""
+}
+
+// readyRatio is s's median time to ready divided by that of mode on the same workload, or 0
+// when mode was not measured.
+func readyRatio(sums []summary, s summary, mode string) float64 {
+	for _, o := range sums {
+		if o.workload == s.workload && o.mode == mode && o.ready.med > 0 {
+			return s.ready.med / o.ready.med
+		}
+	}
+	return 0
+}
+
+// hasStargz reports whether any stargz mode was measured.
+func hasStargz(sums []summary) bool {
+	return slices.ContainsFunc(sums, func(s summary) bool { return isStargz(s.mode) })
+}
+
+func ratioText(r float64) string {
+	if r <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
+
+func ratioCSV(r float64) string {
+	if r <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.3f", r)
+}
+
+// writeStargzRatios prints, per workload, rill's time to ready over stargz-snapshotter's.
+func writeStargzRatios(w io.Writer, sums []summary) {
+	for _, s := range sums {
+		c := stargzCounterpart(s.mode)
+		if c == "" {
+			continue
+		}
+		if r := readyRatio(sums, s, c); r > 0 {
+			verdict := "slower"
+			if r < 1 {
+				verdict = fmt.Sprintf("%.2f× as fast", 1/r)
+			}
+			fmt.Fprintf(w, "  %-10s %-12s ÷ %-10s = %s (%s; issue 13's goal: ≤ 0.50×)\n", s.workload, s.mode, c, ratioText(r), verdict)
+		}
+	}
 }
 
 func rng(s stat, f func(float64) string) string {
@@ -147,7 +219,12 @@ func mbs(v float64) string  { return fmt.Sprintf("%.1f", v/1e6) }
 
 func writeTable(w io.Writer, sums []summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tmode\truns\tready\tpull\tMB before ready\tMB total\tlimit\tready/limit\trill split MB (on-demand/prefetch/background)\trequests before ready\t")
+	withStargz := hasStargz(sums)
+	stargzCols := ""
+	if withStargz {
+		stargzCols = "ready ÷ stargz\tready ÷ stargz-opt\t"
+	}
+	fmt.Fprintln(tw, "workload\tmode\truns\tready\tpull\tMB before ready\tMB total\t"+stargzCols+"limit\tready/limit\trill split MB (on-demand/prefetch/background)\trequests before ready\t")
 	for _, s := range sums {
 		ratio, limit := "-", "-"
 		if s.limit > 0 {
@@ -159,8 +236,12 @@ func writeTable(w io.Writer, sums []summary) {
 			split = fmt.Sprintf("%s / %s / %s", mbs(s.onDemand.med), mbs(s.prefetch.med), mbs(s.background.med))
 			reqs = fmt.Sprintf("%.0f", s.requests.med)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", s.workload, s.mode, s.runs,
-			rng(s.ready, secs), rng(s.pull, secs), rng(s.bytesReady, mbs), rng(s.bytesTotal, mbs), limit, ratio, split, reqs)
+		vs := ""
+		if withStargz {
+			vs = ratioText(readyRatio(sums, s, modeStargz)) + "\t" + ratioText(readyRatio(sums, s, modeStargzOpt)) + "\t"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\t\n", s.workload, s.mode, s.runs,
+			rng(s.ready, secs), rng(s.pull, secs), rng(s.bytesReady, mbs), rng(s.bytesTotal, mbs), vs, limit, ratio, split, reqs)
 	}
 	tw.Flush()
 }
@@ -182,11 +263,15 @@ func writeCSVs(dir string, rs []runResult, sums []summary) error {
 	var res [][]string
 	res = append(res, []string{"workload", "mode", "runs", "ready_median_s", "ready_min_s", "ready_max_s",
 		"pull_median_s", "pull_min_s", "pull_max_s", "bytes_before_ready_median", "bytes_total_median",
-		"start_bytes", "limit_s"})
+		"start_bytes", "limit_s", "bytes_before_ready_min", "bytes_before_ready_max", "bytes_total_min", "bytes_total_max",
+		"ready_vs_stargz", "ready_vs_stargz_opt"})
 	for _, s := range sums {
 		res = append(res, []string{s.workload, s.mode, fmt.Sprint(s.runs), f3(s.ready.med), f3(s.ready.min), f3(s.ready.max),
 			f3(s.pull.med), f3(s.pull.min), f3(s.pull.max), fmt.Sprintf("%.0f", s.bytesReady.med), fmt.Sprintf("%.0f", s.bytesTotal.med),
-			fmt.Sprint(s.startBytes), f3(s.limit.Seconds())})
+			fmt.Sprint(s.startBytes), f3(s.limit.Seconds()),
+			fmt.Sprintf("%.0f", s.bytesReady.min), fmt.Sprintf("%.0f", s.bytesReady.max),
+			fmt.Sprintf("%.0f", s.bytesTotal.min), fmt.Sprintf("%.0f", s.bytesTotal.max),
+			ratioCSV(readyRatio(sums, s, modeStargz)), ratioCSV(readyRatio(sums, s, modeStargzOpt))})
 	}
 	for name, rows := range map[string][][]string{"runs.csv": runs, "results.csv": res} {
 		f, err := os.Create(filepath.Join(dir, name))

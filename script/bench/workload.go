@@ -32,6 +32,8 @@ type workload struct {
 	profileSource string
 	// fleetSource says how the fleet mode's profile was learnt, for the output.
 	fleetSource string
+	// stargzSource says which profile gave stargz-opt its prioritized files, for the output.
+	stargzSource string
 	// profileGiven is true when --profile gave the profile; otherwise the rill-profile mode
 	// records one with rill first.
 	profileGiven bool
