@@ -1,12 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -123,8 +126,23 @@ func TestInstallScript(t *testing.T) {
 	}
 	// The installed default config starts the daemon as it is (paths moved into the test's dirs).
 	if os.Getuid() == 0 {
-		d := startDaemon(t, filepath.Join(t.TempDir(), "rill.sock"), "--config", filepath.Join(dest, "etc/rill/config.toml"), "--root", t.TempDir())
+		// Its fd-holder goes to the test's dir, not the node's /run/rill, and is stopped after.
+		installed, err := os.ReadFile(filepath.Join(dest, "etc/rill/config.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		holder := filepath.Join(t.TempDir(), "fdstore.sock")
+		const line = `holder_socket = "/run/rill/fdstore.sock"`
+		if !strings.Contains(string(installed), line) {
+			t.Fatalf("the installed config does not set %s", line)
+		}
+		moved := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(moved, []byte(strings.Replace(string(installed), line, fmt.Sprintf("holder_socket = %q", holder), 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d := startDaemon(t, filepath.Join(t.TempDir(), "rill.sock"), "--config", moved, "--root", t.TempDir())
 		d.stop(t)
+		stopHolder(t, holder)
 	}
 	cfg := filepath.Join(dest, "etc/rill/config.toml")
 	if err := os.WriteFile(cfg, []byte("# mine\n"), 0o644); err != nil {
@@ -166,4 +184,41 @@ func parseUnit(text string) map[string]map[string][]string {
 		}
 	}
 	return unit
+}
+
+// stopHolder stops the fd-holder serving socket, if one runs (by the pid in socket+".pid").
+func stopHolder(t *testing.T, socket string) {
+	t.Helper()
+	data, err := os.ReadFile(socket + ".pid")
+	if os.IsNotExist(err) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatalf("holder pid file: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return // gone already
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for running(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("fd-holder %d did not stop on SIGTERM", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// running reports whether pid runs (a zombie does not: nobody may reap it here).
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, after, ok := strings.Cut(string(stat), ") ")
+	return ok && !strings.HasPrefix(after, "Z")
 }
