@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"github.com/rillstream/rill/cache"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -181,6 +182,11 @@ func Resume(ctx context.Context, dev *os.File, mountpoint string, idx *Index, bl
 	if err != nil {
 		return nil, fmt.Errorf("resume layer at %s: %w", mountpoint, err)
 	}
+	// A connection whose mount was taken away meanwhile (umount -l) may live on in the mounts
+	// of running containers, but new ones would find an empty directory where the layer was.
+	if err := checkMounted(mountpoint); err != nil {
+		return nil, fmt.Errorf("resume layer at %s: %w: %w", mountpoint, err, ErrNotResumable)
+	}
 	lfs := newLayerFS(idx, blob, opts)
 	if state.Scheme != idScheme || state.Nodes != lfs.nodes.len() {
 		return nil, fmt.Errorf("resume layer at %s: served with %d nodes numbered %q, now %d numbered %q: %w",
@@ -328,3 +334,19 @@ func (m *Mounted) LocalBytes() int64 {
 
 // Wait blocks until the filesystem is no longer served here (unmounted, or Stop).
 func (m *Mounted) Wait() { <-m.stopped }
+
+// checkMounted reports an error unless a rill FUSE filesystem is mounted at mountpoint. It reads
+// the mount table and never touches the mountpoint (which would wait on the connection).
+func checkMounted(mountpoint string) error {
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(filepath.Clean(mountpoint)))
+	if err != nil {
+		return fmt.Errorf("read the mount table: %w", err)
+	}
+	if len(infos) == 0 {
+		return errors.New("nothing is mounted there any more")
+	}
+	if fstype := infos[len(infos)-1].FSType; fstype != "fuse.rill" {
+		return fmt.Errorf("a %s filesystem is mounted there, not rill's", fstype)
+	}
+	return nil
+}

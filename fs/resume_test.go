@@ -243,3 +243,20 @@ func TestResumeUnavailableWithoutStateAborts(t *testing.T) {
 	}
 	unix.Unmount(m.mountpoint, unix.MNT_DETACH)
 }
+
+// A kept connection whose mount was detached meanwhile (umount -l: running containers may still
+// use it) is not resumed: a new container would find an empty directory where the layer was.
+func TestResumeRefusesADetachedMount(t *testing.T) {
+	data, l := convertedBlob(t, []testlayer.Entry{testlayer.Reg("a", []byte("a"), 0o644)})
+	state := t.TempDir()
+	m := mountConverted(t, data, l, &switchableBlob{}, MountOptions{StateDir: state})
+	kept := keepDevice(t, m)
+	m.Stop()
+	if err := unix.Unmount(m.mountpoint, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Resume(context.Background(), kept, m.mountpoint, freshIndex(t, data, l.TOCDigest.String()), bytes.NewReader(data), MountOptions{StateDir: state})
+	if !errors.Is(err, ErrNotResumable) {
+		t.Fatalf("resume of a detached mount: %v, want ErrNotResumable", err)
+	}
+}
