@@ -112,45 +112,21 @@ type ContainerResult struct {
 // RunInPod runs command in a container of image inside a new host-network pod sandbox, waits
 // up to timeout for it to exit, reads its logs, then removes the container and the pod.
 func (c *CRI) RunInPod(ctx context.Context, name, image string, command []string, timeout time.Duration) (_ *ContainerResult, err error) {
-	// Each run gets its own directory: configs and the container's log never mix with an
-	// earlier run of the same name.
-	runDir, err := os.MkdirTemp(filepath.Join(c.dir, "pods"), name+"-")
-	if err != nil {
-		return nil, fmt.Errorf("creating the directory of pod %s: %w", name, err)
-	}
-	podConfig, err := writePodConfig(runDir, name)
+	r, err := c.StartInPod(ctx, name, image, command)
 	if err != nil {
 		return nil, err
 	}
-	podID, err := c.Run(ctx, "runp", podConfig)
-	if err != nil {
-		return nil, fmt.Errorf("creating pod sandbox %s: %w", name, err)
-	}
-	podID = strings.TrimSpace(podID)
 	defer func() {
-		if rmErr := c.removePod(context.WithoutCancel(ctx), podID); rmErr != nil {
+		if rmErr := c.removePod(context.WithoutCancel(ctx), r.PodID); rmErr != nil {
 			err = errors.Join(err, rmErr)
 		}
 	}()
-
-	ctrConfig, err := writeContainerConfig(runDir, name, image, command)
-	if err != nil {
-		return nil, err
-	}
-	ctrID, err := c.Run(ctx, "create", podID, ctrConfig, podConfig)
-	if err != nil {
-		return nil, fmt.Errorf("creating container %s in pod %s: %w", name, podID, err)
-	}
-	ctrID = strings.TrimSpace(ctrID)
-	start := time.Now()
-	if _, err := c.Run(ctx, "start", ctrID); err != nil {
-		return nil, fmt.Errorf("starting container %s: %w", ctrID, err)
-	}
+	ctrID := r.ID
 	exitCode, err := c.waitExited(ctx, ctrID, timeout)
 	if err != nil {
 		return nil, err
 	}
-	res := &ContainerResult{ExitCode: exitCode, Duration: time.Since(start)}
+	res := &ContainerResult{ExitCode: exitCode, Duration: time.Since(r.started)}
 	if res.Stdout, res.Stderr, err = c.run(ctx, "logs", ctrID); err != nil {
 		return nil, fmt.Errorf("crictl logs %s: %w: %s", ctrID, err, res.Stderr)
 	}

@@ -19,7 +19,8 @@ type RunningContainer struct {
 	ID      string
 	LogPath string // the CRI log file (kubelet's format), read directly by Log
 
-	cri *CRI
+	cri     *CRI
+	started time.Time // when crictl start was run
 }
 
 // StartInPod starts command in a container of image inside a new host-network pod sandbox and
@@ -52,6 +53,7 @@ func (c *CRI) StartInPod(ctx context.Context, name, image string, command []stri
 		return nil, fmt.Errorf("creating container %s in pod %s: %w", name, r.PodID, err)
 	}
 	r.ID = strings.TrimSpace(id)
+	r.started = time.Now()
 	if _, err := c.Run(ctx, "start", r.ID); err != nil {
 		return nil, fmt.Errorf("starting container %s: %w", r.ID, err)
 	}
